@@ -1,0 +1,76 @@
+"""Exceptions raised by pytest-aikernel.
+
+Every message names what went wrong, where (service, image, file, setting) and what to change.
+Secrets generated for a stack never appear in full in any message: messages pass through the
+stack's secret masker before they are raised.
+
+    AikernelError                       base of everything below
+    ├── ConfigError (ValueError)        a setting, marker or seed file is wrong (becomes
+    │                                   pytest.UsageError at configure/collection time)
+    ├── DockerUnavailable               no Docker engine answered
+    ├── ServiceError                    one service failed while starting
+    │   ├── ImageUnavailable            its image is not local and could not be pulled
+    │   ├── ContainerExited             its container stopped before it was ready
+    │   ├── ServiceStartTimeout (TimeoutError)
+    │   │                               its readiness probe did not pass in time
+    │   └── SeedError                   a seed step (init SQL, Vault seed...) failed
+    ├── StackStartError                 one or more services failed; carries them all
+    └── ReplicationTimeout (TimeoutError)
+                                        a replica did not catch up in time
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class AikernelError(Exception):
+    """Base class of every error pytest-aikernel raises."""
+
+
+class ConfigError(AikernelError, ValueError):
+    """A setting, marker argument or seed file is invalid."""
+
+
+class DockerUnavailable(AikernelError):
+    """No Docker engine answered."""
+
+
+class ServiceError(AikernelError):
+    """A service failed to start, become ready or be seeded."""
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class ImageUnavailable(ServiceError):
+    """The service's image is not present locally and could not be pulled."""
+
+
+class ContainerExited(ServiceError):
+    """The service's container exited before it became ready."""
+
+
+class ServiceStartTimeout(ServiceError, TimeoutError):
+    """The service's readiness probe did not pass within the startup timeout."""
+
+
+class SeedError(ServiceError):
+    """Seeding a service failed (init SQL file, Vault seed file, ...)."""
+
+
+class StackStartError(AikernelError):
+    """One or more services of the stack failed; nothing of the stack was left running."""
+
+    def __init__(self, failures: Sequence[ServiceError]) -> None:
+        self.failures = list(failures)
+        names = ", ".join(f.service for f in self.failures)
+        parts = [f"pytest-aikernel could not start the stack: {names} failed."]
+        parts.extend(str(f) for f in self.failures)
+        parts.append("Every container of this stack was removed.")
+        super().__init__("\n\n".join(parts))
+
+
+class ReplicationTimeout(AikernelError, TimeoutError):
+    """A replica did not replay the primary's writes within the given timeout."""

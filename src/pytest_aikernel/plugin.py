@@ -1,0 +1,239 @@
+"""The pytest plugin: options, markers, collection, report header, progress and fixtures.
+
+Loading this module imports no client library and talks to no Docker engine; the engine is asked
+only when a collected test needs a service (and for the report header).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from . import services as registry_mod
+from .errors import ConfigError, DockerUnavailable, StackStartError
+from .settings import OPTIONS_BY_FIELD, Settings, add_options, read_settings
+from .stack import Stack, StackEvent
+
+MARKER = "aikernel_stack"
+STACK_FIXTURE = "aikernel_stack"
+
+settings_key = pytest.StashKey[Settings]()
+wanted_key = pytest.StashKey[frozenset[str]]()
+stack_key = pytest.StashKey[Stack]()
+docker_error_key = pytest.StashKey[str]()
+
+
+# ---- options and configuration ------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(*services): the test needs these services of the AI Kernel stack (all of them "
+        f"when no service is named) and gets the {STACK_FIXTURE} fixture. Services: "
+        f"{', '.join(registry_mod.names())}.",
+    )
+    try:
+        settings = read_settings(config, registry_mod.names())
+        for svc in registry_mod.registry().values():
+            svc.validate(settings)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"pytest-aikernel: {exc}") from None
+    config.stash[settings_key] = settings
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash.get(settings_key, None)
+    if settings is None:
+        return []
+    lines = []
+    try:
+        from .runtime.docker import docker_client
+
+        client = docker_client(timeout=5)
+        try:
+            version = client.version()
+        finally:
+            client.close()
+        lines.append(
+            f"aikernel: Docker engine {version.get('Version', '?')} "
+            f"(API {version.get('ApiVersion', '?')}, {version.get('Os', '?')}/"
+            f"{version.get('Arch', '?')})"
+        )
+    except DockerUnavailable as exc:
+        lines.append(f"aikernel: {exc}")
+    for service, image in settings.images.items():
+        lines.append(
+            f"aikernel: image {service}={image} (from {settings.source_of('images.' + service)})"
+        )
+    return lines
+
+
+# ---- collection: which services the selected tests need -----------------------------------------
+
+
+def _needs(item: pytest.Item) -> set[str]:
+    needed: set[str] = set()
+    all_names = registry_mod.names()
+    for marker in item.iter_markers(MARKER):
+        args = [str(a) for a in marker.args]
+        registry_mod.check_names(args, f"@pytest.mark.{MARKER} on {item.nodeid}")
+        needed.update(args or all_names)
+    fixturenames = getattr(item, "fixturenames", ())
+    if STACK_FIXTURE in fixturenames and item.get_closest_marker(MARKER) is None:
+        needed.update(all_names)
+    for name in all_names:
+        if registry_mod.fixture_name(name) in fixturenames:
+            needed.add(name)
+    return needed
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if settings_key not in config.stash:
+        return
+    wanted: set[str] = set()
+    needing: list[pytest.Item] = []
+    try:
+        for item in items:
+            needed = _needs(item)
+            if needed:
+                wanted |= needed
+                needing.append(item)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"pytest-aikernel: {exc}") from None
+    config.stash[wanted_key] = registry_mod.closure(wanted)
+    if not needing:
+        return
+    from .runtime.docker import docker_client
+
+    try:
+        docker_client(timeout=5).close()
+    except DockerUnavailable as exc:
+        settings = config.stash[settings_key]
+        opt = OPTIONS_BY_FIELD["docker_missing"]
+        source = settings.source_of("docker_missing")
+        if settings.docker_missing == "fail":
+            raise pytest.UsageError(
+                f"pytest-aikernel: {len(needing)} selected test(s) need the stack, but {exc} "
+                f"(failing because {opt.cli}=fail, from {source}; use skip to skip them)"
+            ) from None
+        reason = (
+            f"pytest-aikernel: {exc} ({opt.cli}=skip, from {source}; use fail to make this an "
+            "error)"
+        )
+        config.stash[docker_error_key] = reason
+        for item in needing:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# ---- progress ------------------------------------------------------------------------------------
+
+
+def _reporter(config: pytest.Config) -> Callable[[StackEvent], None]:
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if terminal is None:
+        return lambda _e: None
+
+    def report(event: StackEvent) -> None:
+        if event.kind == "ready":
+            text = f"aikernel: {event.service} ready in {event.elapsed:.2f} s ({event.detail})"
+        elif event.kind == "summary":
+            text = f"aikernel: {event.detail} ready in {event.elapsed:.2f} s"
+        elif event.kind == "swept":
+            text = f"aikernel: removed leftovers of dead sessions: {event.detail}"
+        else:
+            return
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                terminal.ensure_newline()
+                terminal.write_line(text)
+        else:
+            terminal.write_line(text)
+
+    return report
+
+
+# ---- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def aikernel_settings(pytestconfig: pytest.Config) -> Settings:
+    """The pytest-aikernel settings of this session (frozen): images, timeouts, seed files."""
+    return pytestconfig.stash[settings_key]
+
+
+@pytest.fixture(scope="session")
+def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
+    """The session's stack, started with every service the selected tests need."""
+    import time
+
+    reason = pytestconfig.stash.get(docker_error_key, None)
+    if reason is not None:
+        pytest.skip(reason)
+    settings = pytestconfig.stash[settings_key]
+    stack = Stack(settings, on_event=_reporter(pytestconfig))
+    pytestconfig.stash[stack_key] = stack
+    wanted = pytestconfig.stash.get(wanted_key, frozenset())
+    began = time.monotonic()
+    failure = ""
+    try:
+        stack.start(wanted)
+    except DockerUnavailable as exc:
+        failure = f"pytest-aikernel: {exc}"
+    except StackStartError as exc:
+        failure = str(exc)
+    if failure:
+        stack.stop()
+        pytest.fail(failure, pytrace=False)
+    if wanted:
+        _reporter(pytestconfig)(StackEvent(
+            "summary", elapsed=time.monotonic() - began,
+            detail=f"stack of {len(stack)} services ({', '.join(stack.services)}), "
+            f"session {stack.session_id},",
+        ))
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def aikernel_stack(_aikernel_session_stack: Stack) -> Stack:
+    """The AI Kernel infrastructure stack of this session.
+
+    ``aikernel_stack["postgres"]`` is a service's object; ``"redis" in aikernel_stack`` tells
+    whether it runs. Tests marked ``@pytest.mark.aikernel_stack(...)`` get it without asking; a test
+    that asks for it with no marker needs every service.
+    """
+    return _aikernel_session_stack
+
+
+@pytest.fixture(autouse=True)
+def _aikernel_marker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker(MARKER) is not None:
+        request.getfixturevalue(STACK_FIXTURE)
+
+
+def _make_service_fixture(service: str) -> Any:
+    def fixture(_aikernel_session_stack: Stack) -> Any:
+        _aikernel_session_stack.start([service])
+        return _aikernel_session_stack[service]
+
+    fixture.__doc__ = registry_mod.registry()[service].fixture_doc
+    fixture.__name__ = registry_mod.fixture_name(service)
+    return pytest.fixture(scope="session", name=fixture.__name__)(fixture)
+
+
+for _service in registry_mod.names():
+    globals()[registry_mod.fixture_name(_service)] = _make_service_fixture(_service)
+del _service

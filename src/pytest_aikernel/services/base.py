@@ -1,0 +1,116 @@
+"""The contract every service module fulfils, and the context the stack hands to it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from ..runtime import ContainerSpec, Running
+from ..secrets import SecretStore, mask_value
+from ..settings import Settings
+
+
+@dataclass
+class StackContext:
+    """What a service may know about the stack it runs in."""
+
+    settings: Settings
+    secrets: SecretStore
+    #: every service of the stack (started or about to be)
+    services: frozenset[str]
+    #: services started so far -> where they run
+    running: dict[str, Running] = field(default_factory=dict)
+    #: services ready so far -> their public objects
+    exposed: dict[str, Any] = field(default_factory=dict)
+    #: service name -> its Vault entry (None when it contributes none); filled by the stack
+    describe: Callable[[str], Mapping[str, Any] | None] = lambda _name: None
+
+    def image(self, service: str) -> str:
+        from . import image_for
+
+        return image_for(service, self.settings)
+
+
+class Service(ABC):
+    """Everything that is true of one service: image, container, readiness, seed, public object.
+
+    The stack calls, in order: :meth:`container` (what to run), :meth:`probe` until it passes,
+    :meth:`seed` once the services named by :meth:`seed_after` are ready, then :meth:`expose`.
+    """
+
+    #: service name as used in markers, settings and network aliases
+    name: ClassVar[str]
+    #: the official image, pinned
+    default_image: ClassVar[str]
+    #: use this service's image unless the user overrides this one (replicas)
+    image_from: ClassVar[str | None] = None
+    #: services that must be ready before this one's container starts
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    #: container ports published on 127.0.0.1
+    ports: ClassVar[tuple[int, ...]] = ()
+    #: docstring of the session fixture ``aikernel_<name>``
+    fixture_doc: ClassVar[str] = ""
+    #: a log line the server prints once it can answer (used by benchmarks)
+    ready_log: ClassVar[str] = ""
+
+    def validate(self, settings: Settings) -> None:  # noqa: B027 - optional hook
+        """Check this service's settings early (configure time); raise ConfigError."""
+
+    @abstractmethod
+    def container(self, ctx: StackContext) -> ContainerSpec:
+        """The container to run, for the official image and its stand-ins alike."""
+
+    @abstractmethod
+    def probe(self, ctx: StackContext, running: Running) -> None:
+        """Return when the service answers at protocol level; raise anything while it does not."""
+
+    def seed_after(self, ctx: StackContext) -> frozenset[str]:
+        """Services that must be ready before :meth:`seed` runs (besides ``depends_on``)."""
+        return frozenset()
+
+    def seed(self, ctx: StackContext, running: Running) -> None:  # noqa: B027 - optional hook
+        """Load data into the ready service; raise SeedError naming the file."""
+
+    @abstractmethod
+    def expose(self, ctx: StackContext, running: Running) -> Any:
+        """The typed public object tests get from ``aikernel_<name>``."""
+
+    def vault_entry(self, ctx: StackContext, running: Running) -> Mapping[str, Any] | None:
+        """What this service stores under ``secret/aikernel/<name>`` in Vault (None: nothing)."""
+        return None
+
+    def on_stack_grew(  # noqa: B027 - optional hook
+        self, ctx: StackContext, running: Running, added: frozenset[str]
+    ) -> None:
+        """Services were added to a running stack (started on demand after this one)."""
+
+
+def endpoint_entry(running: Running, port: int, **extra: Any) -> dict[str, Any]:
+    """The common part of a Vault entry: host side and in-network address of ``port``."""
+    return {
+        "host": running.host,
+        "port": running.host_port(port),
+        "internal_host": running.internal_host,
+        "internal_port": port,
+        **extra,
+    }
+
+
+class MaskedRepr:
+    """Dataclass mixin: fields listed in ``_secret_fields`` show masked in ``repr``."""
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):  # type: ignore[arg-type]
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name in self._secret_fields and isinstance(value, str):
+                parts.append(f"{f.name}={mask_value(value)!r}")
+            else:
+                parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"

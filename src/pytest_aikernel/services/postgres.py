@@ -1,0 +1,339 @@
+"""PostgreSQL 15: the primary (``postgres``) and a streaming replica (``postgres-replica``).
+
+The primary runs the official image's entrypoint with settings that image accepts and that make
+it start fast for tests: its data directory on a tmpfs, ``initdb --no-sync``, and a server with
+``fsync`` and ``full_page_writes`` off. The bundled init (databases ``aikernel_catalog`` and
+``aikernel_audit`` and their schemas) and the user's init files are run over a client connection
+once the server answers, so a failing statement is reported with its file, database and line.
+
+The replica runs the same image as the ``postgres`` user with a small shell entrypoint: it takes a
+``pg_basebackup`` of the primary over the stack network and starts streaming from it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
+
+from .._sql import MetaCommand, Statement, split_sql
+from ..errors import ReplicationTimeout, SeedError
+from ..runtime import ContainerSpec, Running
+from ..settings import OPTIONS_BY_FIELD
+from .base import MaskedRepr, Service, StackContext, endpoint_entry
+
+if TYPE_CHECKING:
+    import psycopg
+
+PORT = 5432
+USER = "aikernel"
+CATALOG = "aikernel_catalog"
+AUDIT = "aikernel_audit"
+DATABASES = (CATALOG, AUDIT)
+PGDATA = "/var/lib/postgresql/data"
+#: server flags for a throwaway test database: durability off (the official image accepts them)
+FAST_FLAGS = (
+    "-c", "listen_addresses=*",
+    "-c", "fsync=off",
+    "-c", "full_page_writes=off",
+    "-c", "wal_level=replica",
+    "-c", "max_wal_senders=10",
+)
+_HBA_REPLICATION = b"""#!/bin/sh
+# added by pytest-aikernel: let the replica stream from this primary
+echo "host replication all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+"""
+_REPLICA_SCRIPT = """set -e
+mkdir -p "$PGDATA"
+chmod 700 "$PGDATA"
+tries=0
+until pg_basebackup -h "$AIKERNEL_PRIMARY_HOST" -p "$AIKERNEL_PRIMARY_PORT" -U "$PGUSER" \\
+    -D "$PGDATA" -R -X stream --checkpoint=fast --no-sync -w; do
+  tries=$((tries + 1))
+  if [ "$tries" -ge 50 ]; then echo "pg_basebackup failed $tries times" >&2; exit 1; fi
+  rm -rf "${PGDATA:?}"/*
+  sleep 0.2
+done
+echo "pytest-aikernel: base backup taken, starting the standby"
+exec postgres -D "$PGDATA" "$@"
+"""
+
+
+@dataclass(frozen=True, repr=False)
+class PostgresService(MaskedRepr):
+    """A PostgreSQL server of the stack, as reached from the test process.
+
+    ``internal_host``/``internal_port`` are the same server as reached from containers on the
+    stack's network (pass them to services under test that run in containers).
+    """
+
+    host: str
+    port: int
+    user: str
+    password: str
+    internal_host: str
+    internal_port: int = PORT
+    databases: tuple[str, ...] = DATABASES
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ("password",)
+
+    def dsn(self, dbname: str = CATALOG) -> str:
+        """A libpq URI for ``dbname`` from the test process."""
+        return _uri(self.user, self.password, self.host, self.port, dbname)
+
+    def internal_dsn(self, dbname: str = CATALOG) -> str:
+        """A libpq URI for ``dbname`` from a container on the stack network."""
+        return _uri(self.user, self.password, self.internal_host, self.internal_port, dbname)
+
+    def connect(self, dbname: str = CATALOG, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A new psycopg connection to ``dbname``; keyword arguments go to psycopg.connect."""
+        import psycopg
+
+        params: dict[str, Any] = {"connect_timeout": 10, **kwargs}
+        return psycopg.connect(self.dsn(dbname), **params)
+
+
+@dataclass(frozen=True, repr=False)
+class PostgresReplicaService(PostgresService):
+    """A read-only streaming replica of the stack's ``postgres`` primary."""
+
+    primary: PostgresService | None = field(default=None)
+
+    def wait_for_replication(self, timeout: float = 10.0) -> None:
+        """Return once the replica has replayed everything the primary had written at the call.
+
+        Raises :class:`~pytest_aikernel.errors.ReplicationTimeout` after ``timeout`` seconds.
+        """
+        if self.primary is None:
+            raise ValueError("this replica object has no primary")
+        with self.primary.connect("postgres", autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        assert row is not None
+        target = str(row[0])
+        deadline = time.monotonic() + timeout
+        replayed = "none"
+        with self.connect("postgres", autocommit=True) as conn:
+            while True:
+                row = conn.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, pg_last_wal_replay_lsn()::text",
+                    (target,),
+                ).fetchone()
+                assert row is not None
+                if row[0]:
+                    return
+                replayed = str(row[1])
+                if time.monotonic() >= deadline:
+                    raise ReplicationTimeout(
+                        f"postgres-replica: not caught up after {timeout:.1f} s: the primary had "
+                        f"written up to {target}, the replica replayed up to {replayed}"
+                    )
+                time.sleep(0.01)
+
+
+def _uri(user: str, password: str, host: str, port: int, dbname: str) -> str:
+    return (
+        f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+        f"{quote(dbname, safe='')}"
+    )
+
+
+def _probe_connect(user: str, password: str, running: Running, dbname: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(
+        host=running.host,
+        port=running.host_port(PORT),
+        user=user,
+        password=password,
+        dbname=dbname,
+        connect_timeout=2,
+        autocommit=True,
+    )
+
+
+class Postgres(Service):
+    name = "postgres"
+    default_image = "postgres:15"
+    ports = (PORT,)
+    ready_log = "database system is ready to accept connections"
+    fixture_doc = """PostgreSQL 15 primary of the aikernel stack (session scope).
+
+    Returns a :class:`pytest_aikernel.PostgresService`: ``host``, ``port``, ``user``,
+    ``password``, ``dsn(dbname)`` and ``connect(dbname, **kw)`` (psycopg). Databases
+    ``aikernel_catalog`` (schemas catalog, metadata, lineage, audit) and ``aikernel_audit``
+    (schema audit) are created, then the files of --aikernel-postgres-init run.
+    """
+
+    def container(self, ctx: StackContext) -> ContainerSpec:
+        return ContainerSpec(
+            image=ctx.image(self.name),
+            env={
+                "POSTGRES_USER": USER,
+                "POSTGRES_PASSWORD": ctx.secrets.get("postgres.password"),
+                "POSTGRES_DB": CATALOG,
+                "POSTGRES_INITDB_ARGS": "--no-sync",
+            },
+            ports=(PORT,),
+            command=("postgres", *FAST_FLAGS),
+            tmpfs={PGDATA: ""},
+            files={"/docker-entrypoint-initdb.d/10-aikernel-replication.sh": (_HBA_REPLICATION,
+                                                                              0o755)},
+        )
+
+    def probe(self, ctx: StackContext, running: Running) -> None:
+        # The official entrypoint's temporary init server listens on the unix socket only, so a
+        # TCP connection that answers a query is the real server.
+        with _probe_connect(USER, ctx.secrets.get("postgres.password"), running, CATALOG) as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def seed(self, ctx: StackContext, running: Running) -> None:
+        password = ctx.secrets.get("postgres.password")
+        with _probe_connect(USER, password, running, "postgres") as conn:
+            for db in DATABASES:
+                found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+                if found.fetchone() is None:
+                    conn.execute(f'CREATE DATABASE "{db}"')
+        bundled = resources.files("pytest_aikernel") / "data" / "postgres"
+        for db in DATABASES:
+            script = (bundled / f"{db}.sql").read_text(encoding="utf-8")
+            _run_script(USER, password, running, db, script, origin=f"bundled {db}.sql", hint="")
+        option = OPTIONS_BY_FIELD["postgres_init"]
+        source = ctx.settings.source_of("postgres_init")
+        for init in ctx.settings.postgres_init:
+            try:
+                script = init.path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SeedError(
+                    self.name, f"postgres: cannot read init file {init.path}: {exc} (from {source})"
+                ) from None
+            hint = (
+                f"Fix the file or remove it from {source} ({option.cli} / ini {option.ini} / "
+                f"env {option.env})."
+            )
+            _run_script(
+                USER, password, running, init.database, script, origin=str(init.path), hint=hint
+            )
+
+    def expose(self, ctx: StackContext, running: Running) -> PostgresService:
+        return PostgresService(
+            host=running.host,
+            port=running.host_port(PORT),
+            user=USER,
+            password=ctx.secrets.get("postgres.password"),
+            internal_host=running.internal_host,
+        )
+
+    def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
+        return endpoint_entry(
+            running, PORT, username=USER, password=ctx.secrets.get("postgres.password"),
+            database=CATALOG,
+        )
+
+
+def _run_script(
+    user: str, password: str, running: Running, database: str, script: str, *, origin: str,
+    hint: str,
+) -> None:
+    """Run ``script`` statement by statement in ``database``; SeedError names file, line, SQL."""
+    import psycopg
+
+    def fail(detail: str) -> SeedError:
+        return SeedError("postgres", f"postgres: init file {origin} failed in database "
+                         f"{database!r}: {detail}" + (f"\n{hint}" if hint else ""))
+
+    try:
+        statements = split_sql(script)
+    except MetaCommand as exc:
+        raise fail(str(exc)) from None
+    try:
+        conn = _probe_connect(user, password, running, database)
+    except psycopg.Error as exc:
+        raise fail(f"cannot connect: {str(exc).strip()}") from None
+    with conn:
+        for stmt in statements:
+            try:
+                conn.execute(stmt.text.encode("utf-8"))  # bytes: no client-side % handling
+            except psycopg.Error as exc:
+                raise fail(_describe_error(stmt, exc)) from None
+
+
+def _describe_error(stmt: Statement, exc: Any) -> str:
+    diag = getattr(exc, "diag", None)
+    position = getattr(diag, "statement_position", None) if diag else None
+    line = stmt.line_of(int(position)) if position else stmt.line
+    message = (getattr(diag, "message_primary", None) if diag else None) or str(exc).strip()
+    sqlstate = getattr(exc, "sqlstate", None)
+    shown = stmt.text if len(stmt.text) <= 400 else stmt.text[:400] + " ..."
+    code = f" (SQLSTATE {sqlstate})" if sqlstate else ""
+    starts = f" (statement starts at line {stmt.line})" if line != stmt.line else ""
+    return (
+        f"statement at line {line}{starts}:"
+        f"\n    {shown.replace(chr(10), chr(10) + '    ')}\n  ERROR: {message}{code}"
+    )
+
+
+class PostgresReplica(Service):
+    name = "postgres-replica"
+    default_image = "postgres:15"
+    image_from = "postgres"
+    depends_on = ("postgres",)
+    ports = (PORT,)
+    ready_log = "started streaming WAL"
+    fixture_doc = """Streaming read-only replica of the aikernel PostgreSQL primary (session scope).
+
+    Returns a :class:`pytest_aikernel.PostgresReplicaService` (same fields as the primary's)
+    with ``wait_for_replication(timeout=10.0)``: returns once the replica has replayed what the
+    primary had written at the call.
+    """
+
+    def container(self, ctx: StackContext) -> ContainerSpec:
+        return ContainerSpec(
+            image=ctx.image(self.name),
+            env={
+                "PGUSER": USER,
+                "PGPASSWORD": ctx.secrets.get("postgres.password"),
+                "PGDATA": f"{PGDATA}/replica",
+                "AIKERNEL_PRIMARY_HOST": ctx.running["postgres"].internal_host,
+                "AIKERNEL_PRIMARY_PORT": str(PORT),
+            },
+            ports=(PORT,),
+            user="postgres",
+            entrypoint=("sh", "-c", _REPLICA_SCRIPT, "aikernel-replica"),
+            command=(*FAST_FLAGS, "-c", "hot_standby=on"),
+            tmpfs={PGDATA: "mode=1777"},
+        )
+
+    def probe(self, ctx: StackContext, running: Running) -> None:
+        password = ctx.secrets.get("postgres.password")
+        with _probe_connect(USER, password, running, "postgres") as conn:
+            row = conn.execute(
+                "SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver LIMIT 1)"
+            ).fetchone()
+        if row is None or not row[0]:
+            raise RuntimeError("the server is not in recovery (not a standby)")
+        if row[1] != "streaming":
+            raise RuntimeError(f"WAL receiver status is {row[1]!r}, not 'streaming'")
+
+    def expose(self, ctx: StackContext, running: Running) -> PostgresReplicaService:
+        return PostgresReplicaService(
+            host=running.host,
+            port=running.host_port(PORT),
+            user=USER,
+            password=ctx.secrets.get("postgres.password"),
+            internal_host=running.internal_host,
+            primary=ctx.exposed["postgres"],
+        )
+
+    def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
+        return endpoint_entry(
+            running, PORT, username=USER, password=ctx.secrets.get("postgres.password"),
+            database=CATALOG,
+        )
+
+
+SERVICES = (Postgres, PostgresReplica)
+
+__all__ = ["Path", "PostgresReplicaService", "PostgresService"]

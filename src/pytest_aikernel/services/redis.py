@@ -1,0 +1,179 @@
+"""Redis 7: a password-protected master (``redis``) and a replica (``redis-replica``).
+
+Both run the official image's ``redis-server`` with arguments only (no config file, so the image
+turns protected mode off and binds every interface), persistence off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
+
+from ..runtime import ContainerSpec, Running
+from .base import MaskedRepr, Service, StackContext, endpoint_entry
+
+if TYPE_CHECKING:
+    import redis
+
+PORT = 6379
+_NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
+
+
+@dataclass(frozen=True, repr=False)
+class RedisService(MaskedRepr):
+    """A Redis server of the stack, as reached from the test process."""
+
+    host: str
+    port: int
+    password: str
+    internal_host: str
+    internal_port: int = PORT
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ("password",)
+
+    @property
+    def url(self) -> str:
+        """``redis://:password@127.0.0.1:port/0``."""
+        return self.url_for(0)
+
+    def url_for(self, db: int = 0) -> str:
+        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/{db}"
+
+    @property
+    def internal_url(self) -> str:
+        """The URL from a container on the stack network."""
+        return (
+            f"redis://:{quote(self.password, safe='')}@{self.internal_host}:{self.internal_port}/0"
+        )
+
+    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
+        """A ``redis.Redis`` client on logical database ``db``; keyword arguments go to it."""
+        import redis
+
+        params: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, **kwargs}
+        return redis.Redis(
+            host=self.host, port=self.port, password=self.password, db=db, **params
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class RedisReplicaService(RedisService):
+    """A read-only replica of the stack's ``redis`` master."""
+
+    master: RedisService | None = field(default=None)
+
+    def wait_for_replication(self, timeout: float = 10.0) -> None:
+        """Return once the replica has acknowledged every write the master had at the call."""
+        if self.master is None:
+            raise ValueError("this replica object has no master")
+        from ..errors import ReplicationTimeout
+
+        with self.master.client() as master:
+            acked = master.wait(1, int(timeout * 1000))
+        if int(acked) < 1:
+            raise ReplicationTimeout(
+                f"redis-replica: did not acknowledge the master's writes within {timeout:.1f} s"
+            )
+
+
+def _probe_client(ctx: StackContext, running: Running) -> redis.Redis:
+    import redis
+
+    return redis.Redis(
+        host=running.host,
+        port=running.host_port(PORT),
+        password=ctx.secrets.get("redis.password"),
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+
+
+class Redis(Service):
+    name = "redis"
+    default_image = "redis:7"
+    ports = (PORT,)
+    ready_log = "Ready to accept connections"
+    fixture_doc = """Redis 7 master of the aikernel stack, password protected (session scope).
+
+    Returns a :class:`pytest_aikernel.RedisService`: ``host``, ``port``, ``password``, ``url``
+    and ``client(db=0, **kw)`` returning ``redis.Redis``.
+    """
+
+    def container(self, ctx: StackContext) -> ContainerSpec:
+        return ContainerSpec(
+            image=ctx.image(self.name),
+            ports=(PORT,),
+            command=(
+                "redis-server", "--requirepass", ctx.secrets.get("redis.password"),
+                # a replica's full sync starts at once instead of after the default 5 s delay
+                "--repl-diskless-sync-delay", "0",
+                *_NO_PERSISTENCE,
+            ),
+        )
+
+    def probe(self, ctx: StackContext, running: Running) -> None:
+        with _probe_client(ctx, running) as client:
+            if not client.ping():
+                raise RuntimeError("PING did not answer PONG")
+
+    def expose(self, ctx: StackContext, running: Running) -> RedisService:
+        return RedisService(
+            host=running.host,
+            port=running.host_port(PORT),
+            password=ctx.secrets.get("redis.password"),
+            internal_host=running.internal_host,
+        )
+
+    def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
+        return endpoint_entry(running, PORT, password=ctx.secrets.get("redis.password"))
+
+
+class RedisReplica(Service):
+    name = "redis-replica"
+    default_image = "redis:7"
+    image_from = "redis"
+    depends_on = ("redis",)
+    ports = (PORT,)
+    ready_log = "MASTER <-> REPLICA sync: Finished with success"
+    fixture_doc = """Redis 7 replica (``--replicaof`` the aikernel master, read-only), session scope.
+
+    Returns a :class:`pytest_aikernel.RedisReplicaService` with the master's fields and
+    ``wait_for_replication(timeout)`` (Redis WAIT on the master).
+    """
+
+    def container(self, ctx: StackContext) -> ContainerSpec:
+        password = ctx.secrets.get("redis.password")
+        master = ctx.running["redis"]
+        return ContainerSpec(
+            image=ctx.image(self.name),
+            ports=(PORT,),
+            command=(
+                "redis-server", "--requirepass", password, "--masterauth", password,
+                "--replicaof", master.internal_host, str(PORT), "--replica-read-only", "yes",
+                *_NO_PERSISTENCE,
+            ),
+        )
+
+    def probe(self, ctx: StackContext, running: Running) -> None:
+        with _probe_client(ctx, running) as client:
+            info = client.info("replication")
+        if info.get("role") != "slave":
+            raise RuntimeError(f"role is {info.get('role')!r}, not a replica")
+        if info.get("master_link_status") != "up":
+            raise RuntimeError(f"replication link is {info.get('master_link_status')!r}")
+
+    def expose(self, ctx: StackContext, running: Running) -> RedisReplicaService:
+        return RedisReplicaService(
+            host=running.host,
+            port=running.host_port(PORT),
+            password=ctx.secrets.get("redis.password"),
+            internal_host=running.internal_host,
+            master=ctx.exposed["redis"],
+        )
+
+    def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
+        return endpoint_entry(running, PORT, password=ctx.secrets.get("redis.password"))
+
+
+SERVICES = (Redis, RedisReplica)

@@ -1,0 +1,388 @@
+"""Settings: one table of options, read once into a frozen dataclass.
+
+Every setting is a command-line option, an ini key and an ``AIKERNEL_*`` environment variable.
+Precedence is CLI > ini > env > default, decided by explicit "was it given" checks. The table
+below is the single source of the option names and help texts: the pytest parser,
+``pytest --help`` and docs/configuration.md all come from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import pytest
+
+DockerMissing = Literal["skip", "fail"]
+
+#: The database a postgres init file runs in when its line names none.
+DEFAULT_INIT_DATABASE = "aikernel_catalog"
+DEFAULT_STARTUP_TIMEOUT = 120.0
+
+_FALSE = {"0", "false", "no", "off", "n", ""}
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as the user meets it: a CLI option, an ini key and an env var."""
+
+    field: str
+    cli: str
+    ini: str
+    env: str
+    metavar: str
+    help: str
+    default: str
+    repeatable: bool = False
+    choices: tuple[str, ...] = ()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        field="images",
+        cli="--aikernel-image",
+        ini="aikernel_images",
+        env="AIKERNEL_IMAGE_<SERVICE>",
+        metavar="SERVICE=IMAGE",
+        help="use IMAGE for SERVICE instead of its official default image (repeatable; "
+        "ini: one SERVICE=IMAGE per line; env: AIKERNEL_IMAGE_POSTGRES_REPLICA=..., "
+        "service upper case with '-' as '_'). Replicas use their primary's image unless set.",
+        default="official images, pinned (postgres:15, redis:7, hashicorp/vault:1.15)",
+        repeatable=True,
+    ),
+    Option(
+        field="startup_timeout",
+        cli="--aikernel-startup-timeout",
+        ini="aikernel_startup_timeout",
+        env="AIKERNEL_STARTUP_TIMEOUT",
+        metavar="SECONDS",
+        help="how long each service may take from container start to ready and seeded",
+        default="120",
+    ),
+    Option(
+        field="docker_missing",
+        cli="--aikernel-docker-missing",
+        ini="aikernel_docker_missing",
+        env="AIKERNEL_DOCKER_MISSING",
+        metavar="skip|fail",
+        help="when no Docker engine answers: skip the tests that need the stack, or fail the "
+        "session",
+        default="skip, or fail when the CI env var is true",
+        choices=("skip", "fail"),
+    ),
+    Option(
+        field="postgres_init",
+        cli="--aikernel-postgres-init",
+        ini="aikernel_postgres_init",
+        env="AIKERNEL_POSTGRES_INIT",
+        metavar="[DATABASE:]PATH",
+        help="SQL file run after the bundled init, in order (repeatable; ini: one per line, "
+        "relative to the ini file's folder; env: os.pathsep-separated). A DATABASE: prefix "
+        f"runs it in that database, otherwise in {DEFAULT_INIT_DATABASE}.",
+        default="none",
+        repeatable=True,
+    ),
+    Option(
+        field="vault_seed",
+        cli="--aikernel-vault-seed",
+        ini="aikernel_vault_seed",
+        env="AIKERNEL_VAULT_SEED",
+        metavar="PATH",
+        help="YAML file with kv, policies, approles and transit_keys to seed into Vault",
+        default="none",
+    ),
+)
+
+OPTIONS_BY_FIELD: Mapping[str, Option] = {o.field: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class InitFile:
+    """A user SQL file and the database it runs in."""
+
+    path: Path
+    database: str = DEFAULT_INIT_DATABASE
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the user configured, read once at ``pytest_configure``."""
+
+    images: Mapping[str, str] = field(default_factory=dict)
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    docker_missing: DockerMissing = "skip"
+    postgres_init: tuple[InitFile, ...] = ()
+    vault_seed: Path | None = None
+    #: where each setting came from ("--aikernel-image", "ini aikernel_images", "env ...",
+    #: "default"), for messages that tell the user which setting to change.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def source_of(self, field_name: str) -> str:
+        return self.sources.get(field_name, "default")
+
+
+# --------------------------------------------------------------------------------------------
+# pytest registration
+
+
+_UNSET_INI = "\0aikernel-unset"
+_UNSET_INI_LIST = ["\0aikernel-unset"]
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the option group ``aikernel`` and the ini keys from :data:`OPTIONS`."""
+    group = parser.getgroup("aikernel", "pytest-aikernel: the AI Kernel infrastructure stack")
+    for opt in OPTIONS:
+        env = f" [env {opt.env}]"
+        text = f"{opt.help}. Default: {opt.default}.{env}"
+        if opt.repeatable:
+            group.addoption(
+                opt.cli, action="append", dest=_dest(opt), default=None,
+                metavar=opt.metavar, help=text,
+            )
+        else:
+            group.addoption(opt.cli, dest=_dest(opt), default=None, metavar=opt.metavar, help=text)
+        if opt.repeatable:
+            parser.addini(opt.ini, opt.help, type="linelist", default=_UNSET_INI_LIST)
+        else:
+            parser.addini(opt.ini, opt.help, type="string", default=_UNSET_INI)
+
+
+def _dest(opt: Option) -> str:
+    return "aikernel_" + opt.field
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+@dataclass(frozen=True)
+class RawSources:
+    """What each route gave, before precedence: lets unit tests drive the reader without pytest."""
+
+    cli: Mapping[str, str | list[str] | None]
+    ini: Mapping[str, str | list[str] | None]
+    env: Mapping[str, str]
+    ini_dir: Path
+    cwd: Path
+    inipath: str = "ini file"
+
+
+def read_settings(config: pytest.Config, known_services: Sequence[str]) -> Settings:
+    """Read every setting from ``config`` (CLI, ini) and ``os.environ``; raise ConfigError."""
+    cli: dict[str, str | list[str] | None] = {}
+    ini: dict[str, str | list[str] | None] = {}
+    for opt in OPTIONS:
+        cli[opt.field] = config.getoption(_dest(opt))
+        value = config.getini(opt.ini)
+        ini[opt.field] = None if value is _UNSET_INI or value is _UNSET_INI_LIST else value
+    inipath = config.inipath
+    raw = RawSources(
+        cli=cli,
+        ini=ini,
+        env=dict(os.environ),
+        ini_dir=inipath.parent if inipath else config.rootpath,
+        cwd=Path(config.invocation_params.dir),
+        inipath=str(inipath) if inipath else "ini file",
+    )
+    return resolve(raw, known_services)
+
+
+def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
+    """Apply precedence CLI > ini > env > default and validate every value."""
+    sources: dict[str, str] = {}
+
+    def pick(name: str) -> tuple[str | list[str] | None, str, Path]:
+        opt = OPTIONS_BY_FIELD[name]
+        if raw.cli.get(name) is not None:
+            return raw.cli[name], opt.cli, raw.cwd
+        if raw.ini.get(name) is not None:
+            return raw.ini[name], f"ini {opt.ini} ({raw.inipath})", raw.ini_dir
+        if opt.env in raw.env:
+            return raw.env[opt.env], f"env {opt.env}", raw.cwd
+        return None, "default", raw.cwd
+
+    # images: per service, each route may give some; CLI > ini > env per service.
+    images: dict[str, str] = {}
+    image_sources: dict[str, str] = {}
+    env_images = _env_images(raw.env, known_services)
+    for service, (image, src) in env_images.items():
+        images[service], image_sources[service] = image, src
+    ini_images = raw.ini.get("images")
+    if ini_images is not None:
+        src = f"ini aikernel_images ({raw.inipath})"
+        for service, image in _parse_image_lines(_as_list(ini_images), src, known_services):
+            images[service], image_sources[service] = image, src
+    cli_images = raw.cli.get("images")
+    if cli_images is not None:
+        for service, image in _parse_image_lines(
+            _as_list(cli_images), "--aikernel-image", known_services
+        ):
+            images[service], image_sources[service] = image, "--aikernel-image"
+    for service, src in image_sources.items():
+        sources[f"images.{service}"] = src
+
+    value, src, _ = pick("startup_timeout")
+    timeout = DEFAULT_STARTUP_TIMEOUT
+    if value is not None:
+        timeout = _parse_positive_float(_as_str(value), src)
+        sources["startup_timeout"] = src
+
+    value, src, _ = pick("docker_missing")
+    docker_missing: DockerMissing
+    if value is not None:
+        text = _as_str(value).strip().lower()
+        if text not in ("skip", "fail"):
+            raise ConfigError(f"{src}: expected 'skip' or 'fail', got {_as_str(value)!r}")
+        docker_missing = "skip" if text == "skip" else "fail"
+        sources["docker_missing"] = src
+    else:
+        docker_missing = "fail" if _env_true(raw.env.get("CI", "")) else "skip"
+        sources["docker_missing"] = "env CI" if docker_missing == "fail" else "default"
+
+    value, src, base = pick("postgres_init")
+    init_files: tuple[InitFile, ...] = ()
+    if value is not None:
+        if src.startswith("env"):
+            entries = _split_env_init(_as_str(value), base)
+        else:
+            entries = [e for e in (x.strip() for x in _as_list(value)) if e]
+        init_files = tuple(_parse_init_entry(e, src, base) for e in entries)
+        sources["postgres_init"] = src
+
+    value, src, base = pick("vault_seed")
+    vault_seed: Path | None = None
+    if value is not None and _as_str(value).strip():
+        vault_seed = _existing_file(_as_str(value).strip(), src, base)
+        sources["vault_seed"] = src
+
+    return Settings(
+        images=images,
+        startup_timeout=timeout,
+        docker_missing=docker_missing,
+        postgres_init=init_files,
+        vault_seed=vault_seed,
+        sources=sources,
+    )
+
+
+def env_name_for_image(service: str) -> str:
+    """``postgres-replica`` -> ``AIKERNEL_IMAGE_POSTGRES_REPLICA``."""
+    return "AIKERNEL_IMAGE_" + service.upper().replace("-", "_")
+
+
+def _env_images(env: Mapping[str, str], known: Sequence[str]) -> dict[str, tuple[str, str]]:
+    by_env = {env_name_for_image(s): s for s in known}
+    found: dict[str, tuple[str, str]] = {}
+    for key, value in env.items():
+        if not key.startswith("AIKERNEL_IMAGE_"):
+            continue
+        if key not in by_env:
+            raise ConfigError(
+                f"env {key}: unknown service {key[len('AIKERNEL_IMAGE_'):]!r}; known services: "
+                f"{', '.join(known)} (env names: {', '.join(sorted(by_env))})"
+            )
+        if not value.strip():
+            raise ConfigError(f"env {key}: empty image name; unset it to use the default image")
+        found[by_env[key]] = (value.strip(), f"env {key}")
+    return found
+
+
+def _parse_image_lines(
+    lines: Sequence[str], src: str, known: Sequence[str]
+) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        service, sep, image = text.partition("=")
+        service, image = service.strip(), image.strip()
+        if not sep or not service or not image:
+            raise ConfigError(f"{src}: expected SERVICE=IMAGE, got {text!r}")
+        if service not in known:
+            raise ConfigError(
+                f"{src}: unknown service {service!r} in {text!r}; known services: "
+                f"{', '.join(known)}"
+            )
+        out.append((service, image))
+    return out
+
+
+def _parse_positive_float(text: str, src: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{src}: expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{src}: expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _split_env_init(value: str, base: Path) -> list[str]:
+    """Split ``AIKERNEL_POSTGRES_INIT`` on os.pathsep, rejoining ``DATABASE:PATH`` pairs.
+
+    On POSIX os.pathsep is ``:``, the same character as the database prefix. A part is a database
+    prefix when it is a bare SQL identifier, is not an existing file, and a path follows it.
+    """
+    parts = [p for p in value.split(os.pathsep) if p.strip()]
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        part = parts[i].strip()
+        if (
+            os.pathsep == ":"
+            and i + 1 < len(parts)
+            and _IDENT.match(part)
+            and not (base / part).is_file()
+        ):
+            out.append(f"{part}:{parts[i + 1].strip()}")
+            i += 2
+            continue
+        out.append(part)
+        i += 1
+    return out
+
+
+def _parse_init_entry(entry: str, src: str, base: Path) -> InitFile:
+    database = DEFAULT_INIT_DATABASE
+    head, sep, tail = entry.partition(":")
+    # A one-letter head is a Windows drive ("C:\\x.sql"), not a database.
+    if sep and len(head) > 1 and _IDENT.match(head.strip()):
+        database, entry = head.strip(), tail.strip()
+    if not entry:
+        raise ConfigError(f"{src}: {head!r} names a database but no SQL file follows it")
+    return InitFile(path=_existing_file(entry, src, base), database=database)
+
+
+def _existing_file(text: str, src: str, base: Path) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise ConfigError(
+            f"{src}: file {text!r} not found (looked at {path}); fix the path or remove the setting"
+        )
+    return path
+
+
+def _as_str(value: str | list[str]) -> str:
+    return value if isinstance(value, str) else "\n".join(value)
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return value.splitlines() if isinstance(value, str) else list(value)
+
+
+def _env_true(text: str) -> bool:
+    # CI=1, CI=true, but also CI=github or any other non-false word means CI
+    return text.strip().lower() not in _FALSE

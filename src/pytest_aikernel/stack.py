@@ -1,0 +1,287 @@
+"""The stack: orders services by their dependencies and starts them in parallel.
+
+Each service starts as soon as its own dependencies are ready (futures, not levels). One failing
+service stops the start: every container of the stack is removed and every failure is reported with
+its service, image, elapsed time, the setting to change and the container's last log lines.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from . import services as registry_mod
+from .errors import (
+    AikernelError,
+    ContainerExited,
+    ServiceError,
+    ServiceStartTimeout,
+    StackStartError,
+)
+from .runtime import Running
+from .runtime.docker import DockerRuntime, new_session_id, sweep_dead_sessions
+from .secrets import SecretStore
+from .services import Service, StackContext
+from .settings import OPTIONS_BY_FIELD, Settings, env_name_for_image
+
+#: readiness probes are retried this often (seconds)
+POLL_INTERVAL = 0.05
+#: how often a not-yet-ready container is checked for having exited (seconds)
+ALIVE_CHECK_INTERVAL = 0.25
+LOG_TAIL = 50
+
+
+@dataclass(frozen=True)
+class StackEvent:
+    """Progress reported while the stack starts."""
+
+    kind: str  # "ready", "swept", "started"
+    service: str = ""
+    #: seconds from the service's container start to ready (and seeded)
+    elapsed: float = 0.0
+    detail: str = ""
+
+
+class _Aborted(Exception):
+    """Raised in a service's thread when another service failed first."""
+
+
+class Stack:
+    """A running set of services. ``stack[name]`` is a service's public object."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runtime: DockerRuntime | None = None,
+        on_event: Callable[[StackEvent], None] | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_id = session_id or new_session_id()
+        self.runtime = runtime or DockerRuntime(self.session_id)
+        self.secrets = SecretStore()
+        self._registry = registry_mod.registry()
+        self._on_event = on_event or (lambda _e: None)
+        self._event_lock = threading.Lock()
+        self._ctx = StackContext(
+            settings=settings, secrets=self.secrets, services=frozenset(), describe=self._describe
+        )
+        self._ready: dict[str, threading.Event] = {}
+        self._swept = False
+        self._closed = False
+        #: seconds each service took from its container start to ready and seeded
+        self.timings: dict[str, float] = {}
+        #: time.monotonic() at which each service became ready (probe passed)
+        self.ready_at: dict[str, float] = {}
+        atexit.register(self.stop)
+
+    # ---- public mapping -----------------------------------------------------------------------
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Names of the services that run, in dependency order."""
+        return tuple(registry_mod.start_order(self._ctx.exposed))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ctx.exposed
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._ctx.exposed[name]
+        except KeyError:
+            pass
+        if name not in self._registry:
+            raise KeyError(
+                f"{name!r} is not a pytest-aikernel service; known services: "
+                f"{', '.join(self._registry)}"
+            )
+        raise KeyError(
+            f"service {name!r} does not run in this stack (running: "
+            f"{', '.join(self.services) or 'none'}); request the aikernel_"
+            f"{name.replace('-', '_')} fixture or add it to @pytest.mark.aikernel_stack(...)"
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.services)
+
+    def __len__(self) -> int:
+        return len(self._ctx.exposed)
+
+    def running(self, name: str) -> Running:
+        """Where ``name``'s container runs (host ports, network alias, container id)."""
+        return self._ctx.running[name]
+
+    def __repr__(self) -> str:
+        return f"<aikernel Stack {self.session_id}: {', '.join(self.services) or 'empty'}>"
+
+    # ---- start --------------------------------------------------------------------------------
+
+    def start(self, names: Iterable[str]) -> None:
+        """Start ``names`` and their dependencies (those not running yet), in parallel."""
+        if self._closed:
+            raise AikernelError("this stack was stopped; it cannot start services again")
+        requested = list(names)
+        registry_mod.check_names(requested, "pytest-aikernel")
+        wanted = registry_mod.closure(requested)
+        new = [n for n in registry_mod.start_order(wanted) if n not in self._ctx.exposed]
+        if not new:
+            return
+        if not self._swept:
+            self._swept = True
+            swept = sweep_dead_sessions(self.runtime.client)
+            if swept:
+                self._emit(StackEvent("swept", detail=", ".join(swept)))
+        self.runtime.create_network()
+        grown = frozenset(self._ctx.exposed)
+        self._ctx.services = self._ctx.services | frozenset(new)
+        for name in new:
+            self._ready[name] = threading.Event()
+        stop = threading.Event()
+        failures: list[ServiceError] = []
+        pool = ThreadPoolExecutor(max_workers=len(new), thread_name_prefix="aikernel")
+        futures: dict[Future[None], str] = {}
+        try:
+            for name in new:
+                futures[pool.submit(self._bring_up, name, stop)] = name
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    exc = fut.exception()
+                    if exc is None or isinstance(exc, _Aborted):
+                        continue
+                    stop.set()
+                    failures.append(self._as_failure(futures[fut], exc))
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.stop()
+            raise
+        pool.shutdown(wait=True)
+        if failures:
+            self.stop()
+            raise StackStartError(failures)
+        if grown:
+            added = frozenset(new)
+            for name in grown:
+                self._registry[name].on_stack_grew(self._ctx, self._ctx.running[name], added)
+
+    def _bring_up(self, name: str, stop: threading.Event) -> None:
+        svc = self._registry[name]
+        ctx = self._ctx
+        for dep in svc.depends_on:
+            self._wait_ready(dep, stop)
+        image = ctx.image(name)
+        self.runtime.ensure_image(name, image, self._image_hint(name))
+        if stop.is_set():
+            raise _Aborted
+        spec = svc.container(ctx)
+        running = self.runtime.start(name, spec)
+        ctx.running[name] = running
+        self._emit(StackEvent("started", name, detail=image))
+        self._probe_until_ready(svc, running, stop)
+        self.ready_at[name] = time.monotonic()
+        for other in sorted(svc.seed_after(ctx)):
+            self._wait_ready(other, stop)
+        svc.seed(ctx, running)
+        ctx.exposed[name] = svc.expose(ctx, running)
+        elapsed = time.monotonic() - running.started_at
+        self.timings[name] = elapsed
+        self._ready[name].set()
+        ports = ", ".join(f"{running.host}:{p}" for p in running.ports.values())
+        self._emit(StackEvent("ready", name, elapsed=elapsed, detail=ports))
+
+    def _wait_ready(self, name: str, stop: threading.Event) -> None:
+        event = self._ready[name]
+        while not event.wait(POLL_INTERVAL):
+            if stop.is_set():
+                raise _Aborted
+
+    def _probe_until_ready(self, svc: Service, running: Running, stop: threading.Event) -> None:
+        timeout = self.settings.startup_timeout
+        deadline = running.started_at + timeout
+        next_alive_check = 0.0
+        last_error: BaseException | None = None
+        while True:
+            if stop.is_set():
+                raise _Aborted
+            try:
+                svc.probe(self._ctx, running)
+                return
+            except Exception as exc:
+                last_error = exc
+            now = time.monotonic()
+            if now >= next_alive_check:
+                self.runtime.check_alive(running)
+                next_alive_check = now + ALIVE_CHECK_INTERVAL
+            if now >= deadline:
+                err = f"{type(last_error).__name__}: {str(last_error).strip()}"
+                opt = OPTIONS_BY_FIELD["startup_timeout"]
+                raise ServiceStartTimeout(
+                    svc.name,
+                    f"{svc.name} ({running.image}) was not ready after "
+                    f"{now - running.started_at:.1f} s (startup timeout {timeout:g} s, from "
+                    f"{self.settings.source_of('startup_timeout')}); last probe error: {err}.\n"
+                    f"Raise it with {opt.cli} SECONDS (ini {opt.ini}, env {opt.env}) or check "
+                    f"the image ({self._image_hint(svc.name)}).",
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _image_hint(self, name: str) -> str:
+        src = self.settings.source_of(f"images.{name}")
+        now = f"currently set by {src}" if src != "default" else "currently the default image"
+        return (
+            f"--aikernel-image {name}=IMAGE, ini aikernel_images or env "
+            f"{env_name_for_image(name)}; {now}"
+        )
+
+    def _as_failure(self, name: str, exc: BaseException) -> ServiceError:
+        """Wrap any exception of a service's start into a ServiceError with logs, masked."""
+        image = self._ctx.image(name)
+        elapsed = ""
+        running = self._ctx.running.get(name)
+        if running is not None:
+            elapsed = f" after {time.monotonic() - running.started_at:.1f} s"
+        if isinstance(exc, ServiceError):
+            text = str(exc)
+            if isinstance(exc, ContainerExited):
+                text += f"{elapsed}. Check the image ({self._image_hint(name)})."
+            kind: type[ServiceError] = type(exc)
+        else:
+            text = (
+                f"{name} ({image}) failed{elapsed}: {type(exc).__name__}: {str(exc).strip()}"
+            )
+            kind = ServiceError
+        if running is not None:
+            logs = self.runtime.logs(name, tail=LOG_TAIL).rstrip()
+            shown = "\n".join(f"  | {line}" for line in logs.splitlines()) or "  | (no output)"
+            text += f"\nLast {LOG_TAIL} log lines of {name} ({running.container_id[:12]}):\n{shown}"
+        return kind(name, self.secrets.mask(text))
+
+    def _describe(self, name: str) -> Mapping[str, Any] | None:
+        return self._registry[name].vault_entry(self._ctx, self._ctx.running[name])
+
+    def _emit(self, event: StackEvent) -> None:
+        with self._event_lock, contextlib.suppress(Exception):
+            self._on_event(event)
+
+    # ---- stop ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Remove every container and the network of this stack (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        self.runtime.close()
+
+
+__all__ = ["Stack", "StackEvent"]
