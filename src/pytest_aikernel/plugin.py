@@ -135,6 +135,16 @@ def pytest_collection_modifyitems(
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    wanted = config.stash.get(wanted_key, frozenset())
+    if not wanted:
+        return []
+    return [
+        "aikernel: services needed by the selected tests: "
+        + ", ".join(registry_mod.start_order(wanted))
+    ]
+
+
 # ---- progress ------------------------------------------------------------------------------------
 
 

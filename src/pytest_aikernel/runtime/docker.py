@@ -82,17 +82,50 @@ def new_session_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def _reachable(host: str, timeout: float) -> str:
+    """"" when something listens at the engine address, else why not (no client is created).
+
+    docker-py leaks a socket when its version negotiation fails, so an absent engine is detected
+    here first, with a plain socket that is always closed.
+    """
+    from urllib.parse import urlparse
+
+    url = urlparse(host)
+    try:
+        if url.scheme in ("unix", "http+unix"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(url.path)
+        elif url.scheme in ("tcp", "http", "https") and url.hostname:
+            default = 2376 if url.scheme == "https" else 2375
+            with socket.create_connection((url.hostname, url.port or default), timeout=timeout):
+                pass
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return ""
+
+
 def docker_client(timeout: float = 60.0) -> docker.DockerClient:
     """A client from the environment (DOCKER_HOST or the default socket); DockerUnavailable."""
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    problem = _reachable(host, min(timeout, 5.0))
+    if problem:
+        raise DockerUnavailable(
+            f"no Docker engine answered at {host} ({problem}). Start Docker (dockerd, Docker "
+            "Desktop, colima, podman's docker socket) or point DOCKER_HOST at a running engine."
+        )
     import docker
 
+    client = None
     try:
         client = docker.from_env(timeout=int(max(timeout, 1)), max_pool_size=32)
         client.ping()
     except Exception as exc:  # docker raises DockerException, requests errors, OSError...
-        where = os.environ.get("DOCKER_HOST", "the default socket (unix:///var/run/docker.sock)")
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
         raise DockerUnavailable(
-            f"no Docker engine answered at {where}: {_short(exc)}. Start Docker (dockerd, Docker "
+            f"no Docker engine answered at {host} ({_short(exc)}). Start Docker (dockerd, Docker "
             "Desktop, colima, podman's docker socket) or point DOCKER_HOST at a running engine."
         ) from None
     return client
@@ -181,7 +214,8 @@ class DockerRuntime:
         for key, value in spec.env.items():
             container.with_env(key, value)
         # ("127.0.0.1",) = loopback only, ephemeral host port (docker-py's port binding form)
-        container.ports = {f"{port}/tcp": (LOOPBACK,) for port in spec.ports}
+        bindings: dict[str, Any] = {f"{port}/tcp": (LOOPBACK,) for port in spec.ports}
+        container.ports = bindings
         if spec.command is not None:
             container.with_command(list(spec.command))
         for path, options in spec.tmpfs.items():
@@ -264,13 +298,6 @@ class DockerRuntime:
             out.append((stamp, text))
         return out
 
-    def exec(self, service: str, command: list[str]) -> tuple[int, str]:
-        raw = self._raw(service)
-        if raw is None:
-            raise KeyError(service)
-        code, output = raw.exec_run(command)
-        return int(code), output.decode("utf-8", errors="replace")
-
     def _raw(self, service: str) -> Container | None:
         container = self._containers.get(service)
         if container is None or getattr(container, "_container", None) is None:
@@ -324,7 +351,7 @@ def _published_ports(attrs: dict[str, Any], wanted: Iterable[int]) -> dict[int, 
 
 def remove_by_labels(client: docker.DockerClient, labels: dict[str, str]) -> int:
     """Remove every container and network carrying all of ``labels``; return the count."""
-    filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+    filters: dict[str, Any] = {"label": [f"{k}={v}" for k, v in labels.items()]}
     removed = 0
     for container in client.containers.list(all=True, filters=filters):
         with contextlib.suppress(Exception):

@@ -1,0 +1,3 @@
+"""Shared test configuration: pytester for plugin behaviour."""
+
+pytest_plugins = ["pytester"]
