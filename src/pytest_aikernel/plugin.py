@@ -206,11 +206,14 @@ def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
         stack.stop()
         pytest.fail(failure, pytrace=False)
     if wanted:
-        _reporter(pytestconfig)(StackEvent(
-            "summary", elapsed=time.monotonic() - began,
-            detail=f"stack of {len(stack)} services ({', '.join(stack.services)}), "
-            f"session {stack.session_id},",
-        ))
+        _reporter(pytestconfig)(
+            StackEvent(
+                "summary",
+                elapsed=time.monotonic() - began,
+                detail=f"stack of {len(stack)} services ({', '.join(stack.services)}), "
+                f"session {stack.session_id},",
+            )
+        )
     try:
         yield stack
     finally:

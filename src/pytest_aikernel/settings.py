@@ -146,8 +146,12 @@ def add_options(parser: pytest.Parser) -> None:
         text = f"{opt.help}. Default: {opt.default}.{env}"
         if opt.repeatable:
             group.addoption(
-                opt.cli, action="append", dest=_dest(opt), default=None,
-                metavar=opt.metavar, help=text,
+                opt.cli,
+                action="append",
+                dest=_dest(opt),
+                default=None,
+                metavar=opt.metavar,
+                help=text,
             )
         else:
             group.addoption(opt.cli, dest=_dest(opt), default=None, metavar=opt.metavar, help=text)
@@ -288,7 +292,7 @@ def _env_images(env: Mapping[str, str], known: Sequence[str]) -> dict[str, tuple
             continue
         if key not in by_env:
             raise ConfigError(
-                f"env {key}: unknown service {key[len('AIKERNEL_IMAGE_'):]!r}; known services: "
+                f"env {key}: unknown service {key[len('AIKERNEL_IMAGE_') :]!r}; known services: "
                 f"{', '.join(known)} (env names: {', '.join(sorted(by_env))})"
             )
         if not value.strip():

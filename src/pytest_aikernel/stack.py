@@ -255,9 +255,7 @@ class Stack:
                 text += f"{elapsed}. Check the image ({self._image_hint(name)})."
             kind: type[ServiceError] = type(exc)
         else:
-            text = (
-                f"{name} ({image}) failed{elapsed}: {type(exc).__name__}: {str(exc).strip()}"
-            )
+            text = f"{name} ({image}) failed{elapsed}: {type(exc).__name__}: {str(exc).strip()}"
             kind = ServiceError
         if running is not None:
             logs = self.runtime.logs(name, tail=LOG_TAIL).rstrip()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from pytest_aikernel.errors import ConfigError
-from pytest_aikernel.services import check_names, closure, fixture_name, names, registry, start_order
+from pytest_aikernel.services import (
+    check_names,
+    closure,
+    fixture_name,
+    names,
+    registry,
+    start_order,
+)
 
 
 def test_known_services() -> None:

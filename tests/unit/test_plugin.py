@@ -44,10 +44,12 @@ def test_deselected_tests_do_not_count(pytester: pytest.Pytester) -> None:
 def test_stack_fixture_without_marker_needs_everything(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_all(aikernel_stack):\n    pass\n")
     result = pytester.runpytest("--collect-only", "-q")
-    result.stdout.fnmatch_lines([
-        "aikernel: services needed by the selected tests: "
-        "postgres, postgres-replica, redis, redis-replica, vault"
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "aikernel: services needed by the selected tests: "
+            "postgres, postgres-replica, redis, redis-replica, vault"
+        ]
+    )
 
 
 def test_no_services_no_line(pytester: pytest.Pytester) -> None:
@@ -71,10 +73,12 @@ def test_docker_missing_skip_names_the_fix(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(TESTS)
     result = pytester.runpytest("-rs", "--aikernel-docker-missing=skip")
     result.assert_outcomes(passed=1, skipped=2)
-    result.stdout.fnmatch_lines([
-        "SKIPPED*no Docker engine answered at unix:///nonexistent/aikernel-unit-tests.sock*"
-        "Start Docker*DOCKER_HOST*--aikernel-docker-missing=skip*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED*no Docker engine answered at unix:///nonexistent/aikernel-unit-tests.sock*"
+            "Start Docker*DOCKER_HOST*--aikernel-docker-missing=skip*",
+        ]
+    )
 
 
 def test_docker_missing_fail_fails_the_session(pytester: pytest.Pytester) -> None:
@@ -82,9 +86,11 @@ def test_docker_missing_fail_fails_the_session(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest("--aikernel-docker-missing=fail")
     assert result.ret != 0
     result.assert_outcomes()
-    result.stderr.fnmatch_lines([
-        "*2 selected test(s) need the stack, but no Docker engine answered*",
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            "*2 selected test(s) need the stack, but no Docker engine answered*",
+        ]
+    )
 
 
 def test_docker_missing_fails_by_default_in_ci(
@@ -108,8 +114,13 @@ def test_every_public_fixture_has_a_docstring(pytester: pytest.Pytester) -> None
     result = pytester.runpytest("--fixtures", "-v")
     text = result.stdout.str()
     for name in (
-        "aikernel_settings", "aikernel_stack", "aikernel_postgres", "aikernel_postgres_replica",
-        "aikernel_redis", "aikernel_redis_replica", "aikernel_vault",
+        "aikernel_settings",
+        "aikernel_stack",
+        "aikernel_postgres",
+        "aikernel_postgres_replica",
+        "aikernel_redis",
+        "aikernel_redis_replica",
+        "aikernel_vault",
     ):
         assert f"{name} [session scope]" in text
     block = text.split("aikernel_postgres_replica [session scope]")[1].split("\n\n")[0]
@@ -142,7 +153,10 @@ def test_secrets_are_masked() -> None:
 
 def test_service_objects_mask_passwords_in_repr() -> None:
     svc = PostgresService(
-        host="127.0.0.1", port=5, user="u", password="s3cret-value-long-enough",
+        host="127.0.0.1",
+        port=5,
+        user="u",
+        password="s3cret-value-long-enough",
         internal_host="postgres",
     )
     assert "s3cret-value-long-enough" not in repr(svc)

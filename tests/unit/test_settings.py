@@ -16,7 +16,11 @@ KNOWN = names()
 
 def raw(tmp_path: Path, cli=None, ini=None, env=None) -> RawSources:
     return RawSources(
-        cli=cli or {}, ini=ini or {}, env=env or {}, ini_dir=tmp_path / "ini", cwd=tmp_path,
+        cli=cli or {},
+        ini=ini or {},
+        env=env or {},
+        ini_dir=tmp_path / "ini",
+        cwd=tmp_path,
         inipath=str(tmp_path / "ini" / "pytest.ini"),
     )
 
@@ -219,10 +223,12 @@ def test_ini_lines_for_images_and_init(pytester: pytest.Pytester) -> None:
         "aikernel_postgres_init =\n    sql/x.sql\n    aikernel_audit:sql/x.sql\n"
     )
     result = pytester.runpytest("-s")
-    result.stdout.fnmatch_lines([
-        "*IMAGES=[[]('redis', 'my/redis:7'), ('vault', 'my/vault:1')[]]*",
-        "*INIT=[[]('x.sql', 'aikernel_catalog'), ('x.sql', 'aikernel_audit')[]]*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*IMAGES=[[]('redis', 'my/redis:7'), ('vault', 'my/vault:1')[]]*",
+            "*INIT=[[]('x.sql', 'aikernel_catalog'), ('x.sql', 'aikernel_audit')[]]*",
+        ]
+    )
     result.assert_outcomes(passed=1)
 
 

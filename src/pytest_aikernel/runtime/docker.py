@@ -83,7 +83,7 @@ def new_session_id() -> str:
 
 
 def _reachable(host: str, timeout: float) -> str:
-    """"" when something listens at the engine address, else why not (no client is created).
+    """ "" when something listens at the engine address, else why not (no client is created).
 
     docker-py leaks a socket when its version negotiation fails, so an absent engine is detected
     here first, with a plain socket that is always closed.
@@ -193,8 +193,9 @@ class DockerRuntime:
         except docker.errors.ImageNotFound:
             pass
         except docker.errors.APIError as exc:
-            raise ImageUnavailable(service, f"{service}: cannot inspect image {image!r}: "
-                                   f"{_short(exc)}") from None
+            raise ImageUnavailable(
+                service, f"{service}: cannot inspect image {image!r}: {_short(exc)}"
+            ) from None
         try:
             self.client.images.pull(image)
         except Exception as exc:

@@ -36,11 +36,16 @@ DATABASES = (CATALOG, AUDIT)
 PGDATA = "/var/lib/postgresql/data"
 #: server flags for a throwaway test database: durability off (the official image accepts them)
 FAST_FLAGS = (
-    "-c", "listen_addresses=*",
-    "-c", "fsync=off",
-    "-c", "full_page_writes=off",
-    "-c", "wal_level=replica",
-    "-c", "max_wal_senders=10",
+    "-c",
+    "listen_addresses=*",
+    "-c",
+    "fsync=off",
+    "-c",
+    "full_page_writes=off",
+    "-c",
+    "wal_level=replica",
+    "-c",
+    "max_wal_senders=10",
 )
 _HBA_REPLICATION = b"""#!/bin/sh
 # added by pytest-aikernel: let the replica stream from this primary
@@ -179,8 +184,9 @@ class Postgres(Service):
             ports=(PORT,),
             command=("postgres", *FAST_FLAGS),
             tmpfs={PGDATA: ""},
-            files={"/docker-entrypoint-initdb.d/10-aikernel-replication.sh": (_HBA_REPLICATION,
-                                                                              0o755)},
+            files={
+                "/docker-entrypoint-initdb.d/10-aikernel-replication.sh": (_HBA_REPLICATION, 0o755)
+            },
         )
 
     def probe(self, ctx: StackContext, running: Running) -> None:
@@ -228,21 +234,33 @@ class Postgres(Service):
 
     def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
         return endpoint_entry(
-            running, PORT, username=USER, password=ctx.secrets.get("postgres.password"),
+            running,
+            PORT,
+            username=USER,
+            password=ctx.secrets.get("postgres.password"),
             database=CATALOG,
         )
 
 
 def _run_script(
-    user: str, password: str, running: Running, database: str, script: str, *, origin: str,
+    user: str,
+    password: str,
+    running: Running,
+    database: str,
+    script: str,
+    *,
+    origin: str,
     hint: str,
 ) -> None:
     """Run ``script`` statement by statement in ``database``; SeedError names file, line, SQL."""
     import psycopg
 
     def fail(detail: str) -> SeedError:
-        return SeedError("postgres", f"postgres: init file {origin} failed in database "
-                         f"{database!r}: {detail}" + (f"\n{hint}" if hint else ""))
+        return SeedError(
+            "postgres",
+            f"postgres: init file {origin} failed in database "
+            f"{database!r}: {detail}" + (f"\n{hint}" if hint else ""),
+        )
 
     try:
         statements = split_sql(script)
@@ -329,7 +347,10 @@ class PostgresReplica(Service):
 
     def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
         return endpoint_entry(
-            running, PORT, username=USER, password=ctx.secrets.get("postgres.password"),
+            running,
+            PORT,
+            username=USER,
+            password=ctx.secrets.get("postgres.password"),
             database=CATALOG,
         )
 

@@ -52,9 +52,7 @@ class RedisService(MaskedRepr):
         import redis
 
         params: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, **kwargs}
-        return redis.Redis(
-            host=self.host, port=self.port, password=self.password, db=db, **params
-        )
+        return redis.Redis(host=self.host, port=self.port, password=self.password, db=db, **params)
 
 
 @dataclass(frozen=True, repr=False)
@@ -105,9 +103,12 @@ class Redis(Service):
             image=ctx.image(self.name),
             ports=(PORT,),
             command=(
-                "redis-server", "--requirepass", ctx.secrets.get("redis.password"),
+                "redis-server",
+                "--requirepass",
+                ctx.secrets.get("redis.password"),
                 # a replica's full sync starts at once instead of after the default 5 s delay
-                "--repl-diskless-sync-delay", "0",
+                "--repl-diskless-sync-delay",
+                "0",
                 *_NO_PERSISTENCE,
             ),
         )
@@ -136,7 +137,7 @@ class RedisReplica(Service):
     depends_on = ("redis",)
     ports = (PORT,)
     ready_log = "MASTER <-> REPLICA sync: Finished with success"
-    fixture_doc = """Redis 7 replica (``--replicaof`` the aikernel master, read-only), session scope.
+    fixture_doc = """Redis 7 replica (``--replicaof`` the aikernel master, read-only, session).
 
     Returns a :class:`pytest_aikernel.RedisReplicaService` with the master's fields and
     ``wait_for_replication(timeout)`` (Redis WAIT on the master).
@@ -149,8 +150,16 @@ class RedisReplica(Service):
             image=ctx.image(self.name),
             ports=(PORT,),
             command=(
-                "redis-server", "--requirepass", password, "--masterauth", password,
-                "--replicaof", master.internal_host, str(PORT), "--replica-read-only", "yes",
+                "redis-server",
+                "--requirepass",
+                password,
+                "--masterauth",
+                password,
+                "--replicaof",
+                master.internal_host,
+                str(PORT),
+                "--replica-read-only",
+                "yes",
                 *_NO_PERSISTENCE,
             ),
         )

@@ -217,8 +217,9 @@ class Vault(Service):
                 path=f"{ENTRY_PREFIX}/{name}", secret=dict(entry), mount_point=KV_MOUNT
             )
         except Exception as exc:
-            raise SeedError(self.name, f"vault: writing secret/{ENTRY_PREFIX}/{name} failed: "
-                            f"{exc}") from None
+            raise SeedError(
+                self.name, f"vault: writing secret/{ENTRY_PREFIX}/{name} failed: {exc}"
+            ) from None
 
     def _apply_seed(self, client: hvac.Client, seed: VaultSeed) -> None:
         def step(what: str, key: str, fn: Any, **kwargs: Any) -> None:
@@ -232,18 +233,30 @@ class Vault(Service):
                 ) from None
 
         for path, secret in seed.kv.items():
-            step("kv", path, client.secrets.kv.v2.create_or_update_secret,
-                 path=path, secret=dict(secret), mount_point=KV_MOUNT)
+            step(
+                "kv",
+                path,
+                client.secrets.kv.v2.create_or_update_secret,
+                path=path,
+                secret=dict(secret),
+                mount_point=KV_MOUNT,
+            )
         for name, policy in seed.policies.items():
             step("policies", name, client.sys.create_or_update_policy, name=name, policy=policy)
         if seed.approles:
             step("approles", "approle/", client.sys.enable_auth_method, method_type="approle")
             for name, params in seed.approles.items():
-                step("approles", name, client.auth.approle.create_or_update_approle,
-                     role_name=name, **params)
+                step(
+                    "approles",
+                    name,
+                    client.auth.approle.create_or_update_approle,
+                    role_name=name,
+                    **params,
+                )
         if seed.transit_keys:
-            step("transit_keys", "transit/", client.sys.enable_secrets_engine,
-                 backend_type="transit")
+            step(
+                "transit_keys", "transit/", client.sys.enable_secrets_engine, backend_type="transit"
+            )
             for key in seed.transit_keys:
                 step("transit_keys", key, client.secrets.transit.create_key, name=key)
 

@@ -1,0 +1,233 @@
+"""Whole pytest sessions run in a subprocess against the real engine: selection, failures, cleanup.
+
+Each inner session starts (and must remove) its own stack; the outer test counts its containers
+by label.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from pytest_aikernel import Settings, Stack
+
+from .conftest import containers_of, networks_of
+
+SESSION_FILE = "session.txt"
+#: each inner test writes its stack's session id here, so the outer test can count containers
+RECORD = f"""
+import pathlib
+
+def record(stack):
+    pathlib.Path({SESSION_FILE!r}).write_text(stack.session_id)
+"""
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *args, timeout=300)
+
+
+def session_of(pytester: pytest.Pytester) -> str:
+    return (pytester.path / SESSION_FILE).read_text().strip()
+
+
+def test_marker_subset_starts_only_those_containers_and_removes_them_after(
+    pytester: pytest.Pytester, docker_api: docker.DockerClient
+) -> None:
+    pytester.makepyfile(
+        helper=RECORD,
+        test_subset="""
+import pytest, docker
+from helper import record
+
+@pytest.mark.aikernel_stack("redis-replica")
+def test_subset(aikernel_stack):
+    record(aikernel_stack)
+    client = docker.from_env()
+    found = client.containers.list(filters={"label": "pytest-aikernel.session=" + aikernel_stack.session_id})
+    assert sorted(c.labels["pytest-aikernel.service"] for c in found) == ["redis", "redis-replica"]
+    assert sorted(aikernel_stack) == ["redis", "redis-replica"]
+    assert "postgres" not in aikernel_stack
+""",
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "aikernel: services needed by the selected tests: redis, redis-replica",
+            "aikernel: redis ready in *",
+            "aikernel: redis-replica ready in *",
+            "aikernel: stack of 2 services*",
+        ]
+    )
+    session = session_of(pytester)
+    assert containers_of(docker_api, session) == {}
+    assert networks_of(docker_api, session) == []
+
+
+def test_missing_image_fails_naming_image_and_setting(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(aikernel_redis):\n    pass\n")
+    result = run(pytester, "--aikernel-image", "redis=aikernel-standin/nonexistent:1")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*redis: image 'aikernel-standin/nonexistent:1' is not present locally and could not be "
+            "pulled*--aikernel-image redis=IMAGE*AIKERNEL_IMAGE_REDIS*currently set by "
+            "--aikernel-image*",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_bad_init_sql_fails_naming_file_database_and_line(pytester: pytest.Pytester) -> None:
+    pytester.path.joinpath("good.sql").write_text("CREATE TABLE catalog.ok (id int);\n")
+    pytester.path.joinpath("bad.sql").write_text(
+        "-- comment\nCREATE TABLE audit.t (id int);\n\nINSERT INTO audit.t\n  SELECT nope FROM audit.t;\n"
+    )
+    pytester.makepyfile("def test_x(aikernel_postgres):\n    pass\n")
+    result = run(
+        pytester,
+        "--aikernel-postgres-init=good.sql",
+        "--aikernel-postgres-init=aikernel_audit:bad.sql",
+    )
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert re.search(
+        r"postgres: init file \S*bad\.sql failed in database 'aikernel_audit': statement at line 5"
+        r" \(statement starts at line 4\)",
+        out,
+    ), out
+    assert 'ERROR: column "nope" does not exist (SQLSTATE 42703)' in out
+    assert "--aikernel-postgres-init" in out
+
+
+def test_exited_container_reports_service_exit_code_and_logs(pytester: pytest.Pytester) -> None:
+    # the postgres image cannot run redis-server: its container exits at once
+    image = os.environ.get("AIKERNEL_IMAGE_POSTGRES", "postgres:15")
+    pytester.makepyfile("def test_x(aikernel_redis):\n    pass\n")
+    result = run(pytester, "--aikernel-image", f"redis={image}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"redis: container ({image}) exited with code * before it was ready after * s. "
+            "Check the image*",
+            "Last 50 log lines of redis (*):",
+            "  | *",
+        ]
+    )
+
+
+def test_probe_timeout_names_timeout_setting_elapsed_and_logs(pytester: pytest.Pytester) -> None:
+    # the redis image runs but never answers Vault's health endpoint on 8200
+    image = os.environ.get("AIKERNEL_IMAGE_REDIS", "redis:7")
+    pytester.makepyfile("def test_x(aikernel_vault):\n    pass\n")
+    started = time.monotonic()
+    result = run(pytester, "--aikernel-image", f"vault={image}", "--aikernel-startup-timeout=2")
+    assert time.monotonic() - started < 60
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"vault ({image}) was not ready after 2.* s (startup timeout 2 s, from "
+            "--aikernel-startup-timeout); last probe error: *",
+            "Raise it with --aikernel-startup-timeout SECONDS (ini aikernel_startup_timeout, env "
+            "AIKERNEL_STARTUP_TIMEOUT)*",
+            "Last 50 log lines of vault (*):",
+            "*Ready to accept connections*",
+        ]
+    )
+
+
+def test_secrets_never_printed_in_full(pytester: pytest.Pytester) -> None:
+    # a failing test shows its locals (the service objects); the secrets stay masked
+    pytester.makepyfile(
+        test_fail="""
+import pathlib
+
+def test_fail(aikernel_postgres, aikernel_redis, aikernel_vault):
+    pg, rd, vt = aikernel_postgres, aikernel_redis, aikernel_vault
+    pathlib.Path("secrets.txt").write_text("\\n".join([pg.password, rd.password, vt.token]))
+    assert (pg, rd, vt) is None
+"""
+    )
+    result = run(pytester, "-l", "-vv")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str() + result.stderr.str()
+    secrets = (pytester.path / "secrets.txt").read_text().split()
+    assert len(secrets) == 3 and all(len(s) >= 32 for s in secrets)
+    assert "PostgresService(host='127.0.0.1'" in out
+    for secret in secrets:
+        assert secret not in out
+        assert secret[:2] + "***" in out
+
+
+def test_seed_failure_reports_vault_and_masks_its_log(pytester: pytest.Pytester) -> None:
+    pytester.path.joinpath("seed.yaml").write_text("approles: {r: {token_ttl: not-a-duration}}\n")
+    pytester.makepyfile("def test_x(aikernel_vault):\n    pass\n")
+    result = run(pytester, "--aikernel-vault-seed=seed.yaml")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "vault: seed file" in out and "approles 'r' failed" in out
+    assert "not-a-duration" in out
+    for token in re.findall(r"Root Token: (\S+)", out):
+        assert token.endswith("***") and len(token) <= 5, token
+
+
+def test_leftovers_of_a_killed_session_are_swept_by_the_next_one(
+    pytester: pytest.Pytester, docker_api: docker.DockerClient, aikernel_settings: Settings
+) -> None:
+    pytester.makepyfile(
+        helper=RECORD,
+        test_hang="""
+import time
+from helper import record
+
+def test_hang(aikernel_stack, aikernel_redis):
+    record(aikernel_stack)
+    time.sleep(300)
+""",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_hang.py"],
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    path = Path(pytester.path, SESSION_FILE)
+    deadline = time.monotonic() + 120
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert path.exists(), "the inner session never reached its test"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    dead = path.read_text().strip()
+    assert containers_of(docker_api, dead), "SIGKILL leaves the containers behind"
+
+    live = Stack(aikernel_settings)
+    try:
+        live.start(["redis"])
+        assert containers_of(docker_api, dead) == {}
+        assert networks_of(docker_api, dead) == []
+        assert containers_of(docker_api, live.session_id) == {"redis": "running"}
+    finally:
+        live.stop()
+    assert containers_of(docker_api, live.session_id) == {}
+
+
+def test_sweeper_leaves_live_sessions_alone(
+    docker_api: docker.DockerClient, aikernel_stack: Stack, aikernel_settings: Settings
+) -> None:
+    before = containers_of(docker_api, aikernel_stack.session_id)
+    other = Stack(aikernel_settings)
+    try:
+        other.start(["redis"])
+    finally:
+        other.stop()
+    assert containers_of(docker_api, aikernel_stack.session_id) == before
