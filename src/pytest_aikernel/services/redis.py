@@ -77,6 +77,8 @@ class RedisReplicaService(RedisService):
 
 def _probe_client(ctx: StackContext, running: Running) -> redis.Redis:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     return redis.Redis(
         host=running.host,
@@ -84,6 +86,8 @@ def _probe_client(ctx: StackContext, running: Running) -> redis.Redis:
         password=ctx.secrets.get("redis.password"),
         socket_timeout=2,
         socket_connect_timeout=2,
+        # one attempt per probe: the stack polls every 50 ms, the client must not back off
+        retry=Retry(NoBackoff(), 0),
     )
 
 

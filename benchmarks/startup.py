@@ -1,0 +1,238 @@
+"""Startup benchmark: pytest-aikernel's parallel start vs plain testcontainers, same images, one run.
+
+    eval "$(tests/images/build)"          # or any AIKERNEL_IMAGE_* / official images
+    TESTCONTAINERS_RYUK_DISABLED=true python benchmarks/startup.py --repeat 5
+
+For each repeat, in the same process and on the same images:
+  * plugin, 3 services  - Stack.start(["postgres", "redis", "vault"]): parallel, 50 ms probes,
+                          seeded (bundled SQL, Vault entries), until every service is ready;
+  * testcontainers seq. - testcontainers' PostgresContainer, RedisContainer and VaultContainer
+                          started one after another with their default waits (what a hand-written
+                          fixture does);
+  * plugin, 5 services  - the foundation's whole stack (with both replicas).
+It prints the medians, the ratio plugin/sequential (target <= 0.6), and per service how long after
+the server could first answer the plugin noticed it: the gap between the server's own "ready" log
+line (the Docker daemon's timestamp of that line) and the moment the plugin's probe passed
+(target <= 150 ms). A last section starts PostgreSQL alone with and without each of the plugin's
+speed settings, to show what each one gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+# testcontainers must reach containers through published loopback ports (this machine has a
+# /.dockerenv file, which otherwise makes it use the bridge gateway address), and its Ryuk image
+# cannot be pulled here.
+os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+from pytest_aikernel.runtime import ContainerSpec
+from pytest_aikernel.runtime.docker import DockerRuntime, new_session_id
+from pytest_aikernel.services import image_for, registry
+from pytest_aikernel.settings import RawSources, Settings, resolve
+from pytest_aikernel.stack import Stack
+
+THREE = ["postgres", "redis", "vault"]
+FIVE = ["postgres", "postgres-replica", "redis", "redis-replica", "vault"]
+
+
+def settings_from_env() -> Settings:
+    raw = RawSources(cli={}, ini={}, env=dict(os.environ), ini_dir=os.getcwd(), cwd=os.getcwd())  # type: ignore[arg-type]
+    return resolve(raw, tuple(registry()))
+
+
+def parse_stamp(stamp: str) -> float:
+    """Docker's RFC 3339 nanosecond timestamp -> POSIX seconds."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    base = datetime.fromisoformat(head + "+00:00").timestamp()
+    return base + float("0." + (frac or "0"))
+
+
+def plugin_run(settings: Settings, names: list[str]) -> tuple[float, dict[str, float]]:
+    """Seconds to a ready stack, and per service the ms from its ready log line to detection."""
+    stack = Stack(settings)
+    wall_offset = time.time() - time.monotonic()
+    began = time.monotonic()
+    try:
+        stack.start(names)
+        total = time.monotonic() - began
+        noticed: dict[str, float] = {}
+        for name in names:
+            marker = registry()[name].ready_log
+            lines = stack.runtime.log_timestamps(name)
+            ready_wall = stack.ready_at[name] + wall_offset
+            stamps = [parse_stamp(s) for s, text in lines if marker in text]
+            before = [s for s in stamps if s <= ready_wall]
+            if before:
+                noticed[name] = (ready_wall - before[-1]) * 1000
+    finally:
+        stack.stop()
+    return total, noticed
+
+
+def testcontainers_sequential(settings: Settings) -> float:
+    """Plain testcontainers modules, one after another, default waits."""
+    from testcontainers.community.postgres import PostgresContainer
+    from testcontainers.community.redis import RedisContainer
+    from testcontainers.community.vault import VaultContainer
+
+    def loopback(container: Any, port: int) -> Any:
+        container.ports = {f"{port}/tcp": ("127.0.0.1",)}
+        return container
+
+    containers = [
+        loopback(PostgresContainer(image_for("postgres", settings), driver=None), 5432),
+        loopback(RedisContainer(image_for("redis", settings)), 6379),
+        loopback(VaultContainer(image_for("vault", settings)), 8200),
+    ]
+    began = time.monotonic()
+    try:
+        for c in containers:
+            c.start()
+        return time.monotonic() - began
+    finally:
+        for c in containers:
+            try:
+                c.stop()
+            except Exception as exc:
+                print(f"  (could not remove a container: {exc})", file=sys.stderr)
+
+
+def postgres_variant(
+    settings: Settings, label: str, spec_change: Callable[[ContainerSpec], ContainerSpec]
+) -> float:
+    """Seconds from container start to a TCP connection that answers SELECT 1."""
+    import dataclasses
+
+    import psycopg
+
+    svc = registry()["postgres"]
+    stack = Stack(settings)
+    spec = spec_change(svc.container(stack._ctx))
+    runtime = DockerRuntime(new_session_id())
+    try:
+        runtime.create_network()
+        running = runtime.start("postgres", dataclasses.replace(spec))
+        password = spec.env["POSTGRES_PASSWORD"]
+        while True:
+            try:
+                with psycopg.connect(
+                    host=running.host,
+                    port=running.host_port(5432),
+                    user="aikernel",
+                    password=password,
+                    dbname="aikernel_catalog",
+                    connect_timeout=2,
+                ) as conn:
+                    conn.execute("SELECT 1")
+                return time.monotonic() - running.started_at
+            except psycopg.Error:
+                if time.monotonic() - running.started_at > 60:
+                    raise RuntimeError(f"postgres variant {label!r} not ready in 60 s") from None
+                time.sleep(0.02)
+    finally:
+        runtime.close()
+        stack.stop()
+
+
+def official_defaults(spec: ContainerSpec) -> ContainerSpec:
+    """What a plain `docker run postgres:15` does: disk data dir, fsync on, full initdb."""
+    import dataclasses
+
+    env = {k: v for k, v in spec.env.items() if k != "POSTGRES_INITDB_ARGS"}
+    return dataclasses.replace(spec, env=env, command=("postgres",), tmpfs={})
+
+
+def with_only(**parts: bool) -> Callable[[ContainerSpec], ContainerSpec]:
+    def change(spec: ContainerSpec) -> ContainerSpec:
+        import dataclasses
+
+        base = official_defaults(spec)
+        if parts.get("tmpfs"):
+            base = dataclasses.replace(base, tmpfs=spec.tmpfs)
+        if parts.get("nosync"):
+            base = dataclasses.replace(base, env=dict(spec.env))
+        if parts.get("flags"):
+            base = dataclasses.replace(base, command=spec.command)
+        return base
+
+    return change
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each variant (default 5)")
+    parser.add_argument(
+        "--skip-variants", action="store_true", help="skip the postgres settings section"
+    )
+    args = parser.parse_args()
+    settings = settings_from_env()
+    print("images: " + ", ".join(f"{n}={image_for(n, settings)}" for n in FIVE))
+    print(f"repeats: {args.repeat} (medians below; all in one process, same images)\n")
+
+    plugin3: list[float] = []
+    seq: list[float] = []
+    plugin5: list[float] = []
+    noticed: dict[str, list[float]] = {}
+    for i in range(args.repeat):
+        t3, n3 = plugin_run(settings, THREE)
+        ts = testcontainers_sequential(settings)
+        t5, n5 = plugin_run(settings, FIVE)
+        plugin3.append(t3)
+        seq.append(ts)
+        plugin5.append(t5)
+        for name, ms in [*n3.items(), *n5.items()]:
+            noticed.setdefault(name, []).append(ms)
+        print(
+            f"  run {i + 1}: plugin(3) {t3:.2f} s | testcontainers sequential(3) {ts:.2f} s | plugin(5) {t5:.2f} s"
+        )
+
+    p3, s3, p5 = median(plugin3), median(seq), median(plugin5)
+    print("\nstartup to ready (median)")
+    print(f"  plugin, postgres+redis+vault, parallel     {p3:6.2f} s")
+    print(f"  testcontainers modules, one after another  {s3:6.2f} s")
+    print(f"  ratio plugin / sequential                  {p3 / s3:6.2f}   (target <= 0.60)")
+    print(f"  plugin, all five services                  {p5:6.2f} s")
+    print("\nserver could answer -> plugin noticed (median, max over runs; target <= 150 ms)")
+    for name in FIVE:
+        values = noticed.get(name, [])
+        if values:
+            print(
+                f"  {name:18s} {median(values):6.0f} ms  (max {max(values):.0f} ms, n={len(values)})"
+            )
+        else:
+            print(f"  {name:18s}   n/a (ready log line '{registry()[name].ready_log}' not seen)")
+
+    if not args.skip_variants:
+        variants = [
+            ("official defaults (disk, fsync, full initdb)", official_defaults),
+            ("+ tmpfs data directory only", with_only(tmpfs=True)),
+            ("+ POSTGRES_INITDB_ARGS=--no-sync only", with_only(nosync=True)),
+            ("+ fsync/full_page_writes off only", with_only(flags=True)),
+            ("all three (what the plugin runs)", with_only(tmpfs=True, nosync=True, flags=True)),
+        ]
+        print("\npostgres alone, container start -> SELECT 1 over TCP (median)")
+        for label, change in variants:
+            times = [postgres_variant(settings, label, change) for _ in range(args.repeat)]
+            print(
+                f"  {label:46s} {median(times):5.2f} s  (min {min(times):.2f}, max {max(times):.2f})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
