@@ -17,10 +17,16 @@ from .errors import (
     ServiceStartTimeout,
     StackStartError,
 )
+from .services.elasticsearch import ElasticsearchService, KibanaService
+from .services.grafana import GrafanaService
+from .services.jaeger import JaegerService
+from .services.kafka import KafkaService, ZookeeperService
+from .services.neo4j import Neo4jService
 from .services.postgres import PostgresReplicaService, PostgresService
+from .services.prometheus import PrometheusService
 from .services.redis import RedisReplicaService, RedisService
 from .services.vault import VaultService
-from .settings import InitFile, Settings
+from .settings import InitFile, ScrapeTarget, Settings, Topic
 from .stack import Stack
 
 __version__ = "0.1.0"
@@ -30,19 +36,29 @@ __all__ = [
     "ConfigError",
     "ContainerExited",
     "DockerUnavailable",
+    "ElasticsearchService",
+    "GrafanaService",
     "ImageUnavailable",
     "InitFile",
+    "JaegerService",
+    "KafkaService",
+    "KibanaService",
+    "Neo4jService",
     "PostgresReplicaService",
     "PostgresService",
+    "PrometheusService",
     "RedisReplicaService",
     "RedisService",
     "ReplicationTimeout",
+    "ScrapeTarget",
     "SeedError",
     "ServiceError",
     "ServiceStartTimeout",
     "Settings",
     "Stack",
     "StackStartError",
+    "Topic",
     "VaultService",
+    "ZookeeperService",
     "__version__",
 ]

@@ -131,3 +131,64 @@ def split_sql(script: str) -> list[Statement]:
     if start_line is not None:
         flush(n)
     return statements
+
+
+def split_cypher(script: str) -> list[Statement]:
+    """The statements of a Cypher script, split on ``;`` outside strings, names and comments.
+
+    Cypher strings use ``'`` or ``"`` with backslash escapes; names may be quoted in backticks;
+    comments are ``//`` to the end of the line and ``/* ... */``.
+    """
+    statements: list[Statement] = []
+    n = len(script)
+    i = 0
+    line = 1
+    start = 0
+    start_line: int | None = None
+
+    def flush(end: int) -> None:
+        text = script[start:end].strip()
+        if text and start_line is not None:
+            statements.append(Statement(text, start_line))
+
+    while i < n:
+        c = script[i]
+        if c == "\n":
+            line += 1
+            i += 1
+            continue
+        if c in " \t\r\f":
+            i += 1
+            continue
+        if script.startswith("//", i):
+            end = script.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        if script.startswith("/*", i):
+            end = script.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            line += script.count("\n", i, end)
+            i = end
+            continue
+        if start_line is None:
+            start_line = line
+            start = i
+        if c == ";":
+            flush(i)
+            start_line = None
+            i += 1
+            continue
+        if c in "'\"`":
+            i += 1
+            while i < n and script[i] != c:
+                if script[i] == "\\" and c != "`":
+                    i += 1
+                elif script[i] == "\n":
+                    line += 1
+                i += 1
+            i += 1
+            continue
+        i += 1
+    if start_line is not None:
+        flush(n)
+    return statements

@@ -78,8 +78,20 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 # ---- collection: which services the selected tests need -----------------------------------------
 
 
+def _surely_skipped(item: pytest.Item) -> bool:
+    """A test marked skip, or skipif with a true boolean condition, starts no service."""
+    if item.get_closest_marker("skip") is not None:
+        return True
+    return any(
+        any(arg is True for arg in marker.args) or marker.kwargs.get("condition") is True
+        for marker in item.iter_markers("skipif")
+    )
+
+
 def _needs(item: pytest.Item) -> set[str]:
     needed: set[str] = set()
+    if _surely_skipped(item):
+        return needed
     all_names = registry_mod.names()
     for marker in item.iter_markers(MARKER):
         args = [str(a) for a in marker.args]

@@ -100,6 +100,79 @@ OPTIONS: tuple[Option, ...] = (
         help="YAML file with kv, policies, approles and transit_keys to seed into Vault",
         default="none",
     ),
+    Option(
+        field="neo4j_init",
+        cli="--aikernel-neo4j-init",
+        ini="aikernel_neo4j_init",
+        env="AIKERNEL_NEO4J_INIT",
+        metavar="PATH",
+        help="Cypher file run in order once Neo4j is ready; statements separated by ';' "
+        "(repeatable; ini: one per line, relative to the ini file's folder; env: "
+        "os.pathsep-separated)",
+        default="none",
+        repeatable=True,
+    ),
+    Option(
+        field="neo4j_heap",
+        cli="--aikernel-neo4j-heap",
+        ini="aikernel_neo4j_heap",
+        env="AIKERNEL_NEO4J_HEAP",
+        metavar="SIZE",
+        help="Neo4j JVM heap (initial and max), e.g. 256m or 1g",
+        default="256m",
+    ),
+    Option(
+        field="neo4j_pagecache",
+        cli="--aikernel-neo4j-pagecache",
+        ini="aikernel_neo4j_pagecache",
+        env="AIKERNEL_NEO4J_PAGECACHE",
+        metavar="SIZE",
+        help="Neo4j page cache size, e.g. 64m",
+        default="64m",
+    ),
+    Option(
+        field="elasticsearch_init",
+        cli="--aikernel-elasticsearch-init",
+        ini="aikernel_elasticsearch_init",
+        env="AIKERNEL_ELASTICSEARCH_INIT",
+        metavar="PATH",
+        help="JSON file of component_templates, index_templates and indices created once "
+        "Elasticsearch is ready (repeatable; ini: one per line, relative to the ini file's "
+        "folder; env: os.pathsep-separated)",
+        default="none",
+        repeatable=True,
+    ),
+    Option(
+        field="elasticsearch_heap",
+        cli="--aikernel-elasticsearch-heap",
+        ini="aikernel_elasticsearch_heap",
+        env="AIKERNEL_ELASTICSEARCH_HEAP",
+        metavar="SIZE",
+        help="Elasticsearch JVM heap (ES_JAVA_OPTS -Xms/-Xmx), e.g. 512m",
+        default="512m",
+    ),
+    Option(
+        field="kafka_topics",
+        cli="--aikernel-kafka-topic",
+        ini="aikernel_kafka_topics",
+        env="AIKERNEL_KAFKA_TOPICS",
+        metavar="NAME[:PARTITIONS]",
+        help="topic created once Kafka is ready (repeatable; ini: one per line; env: "
+        "comma-separated); partitions default to 1",
+        default="none",
+        repeatable=True,
+    ),
+    Option(
+        field="prometheus_scrape",
+        cli="--aikernel-prometheus-scrape",
+        ini="aikernel_prometheus_scrape",
+        env="AIKERNEL_PROMETHEUS_SCRAPE",
+        metavar="JOB=HOST:PORT[/PATH]",
+        help="extra scrape target for Prometheus (repeatable; ini: one per line; env: "
+        "comma-separated). HOST 127.0.0.1 or localhost means the host running the tests.",
+        default="none",
+        repeatable=True,
+    ),
 )
 
 OPTIONS_BY_FIELD: Mapping[str, Option] = {o.field: o for o in OPTIONS}
@@ -114,6 +187,24 @@ class InitFile:
 
 
 @dataclass(frozen=True)
+class Topic:
+    """A Kafka topic to create."""
+
+    name: str
+    partitions: int = 1
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """An extra Prometheus scrape target."""
+
+    job: str
+    host: str
+    port: int
+    path: str = "/metrics"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the user configured, read once at ``pytest_configure``."""
 
@@ -122,6 +213,13 @@ class Settings:
     docker_missing: DockerMissing = "skip"
     postgres_init: tuple[InitFile, ...] = ()
     vault_seed: Path | None = None
+    neo4j_init: tuple[Path, ...] = ()
+    neo4j_heap: str = "256m"
+    neo4j_pagecache: str = "64m"
+    elasticsearch_init: tuple[Path, ...] = ()
+    elasticsearch_heap: str = "512m"
+    kafka_topics: tuple[Topic, ...] = ()
+    prometheus_scrape: tuple[ScrapeTarget, ...] = ()
     #: where each setting came from ("--aikernel-image", "ini aikernel_images", "env ...",
     #: "default"), for messages that tell the user which setting to change.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -269,13 +367,89 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         vault_seed = _existing_file(_as_str(value).strip(), src, base)
         sources["vault_seed"] = src
 
+    def files(name: str) -> tuple[Path, ...]:
+        value, src, base = pick(name)
+        if value is None:
+            return ()
+        sources[name] = src
+        if src.startswith("env"):
+            entries = [p for p in _as_str(value).split(os.pathsep) if p.strip()]
+        else:
+            entries = [e for e in (x.strip() for x in _as_list(value)) if e]
+        return tuple(_existing_file(e.strip(), src, base) for e in entries)
+
+    def size(name: str) -> str:
+        value, src, _ = pick(name)
+        if value is None:
+            return OPTIONS_BY_FIELD[name].default
+        sources[name] = src
+        text = _as_str(value).strip().lower()
+        if not _SIZE.match(text):
+            raise ConfigError(
+                f"{src}: expected a memory size such as 256m or 1g, got {_as_str(value)!r}"
+            )
+        return text
+
+    def items(name: str) -> list[tuple[str, str]]:
+        value, src, _ = pick(name)
+        if value is None:
+            return []
+        sources[name] = src
+        if src.startswith("env"):
+            parts = _as_str(value).replace("\n", ",").split(",")
+        else:
+            parts = _as_list(value)
+        return [(p.strip(), src) for p in parts if p.strip()]
+
     return Settings(
         images=images,
         startup_timeout=timeout,
         docker_missing=docker_missing,
         postgres_init=init_files,
         vault_seed=vault_seed,
+        neo4j_init=files("neo4j_init"),
+        neo4j_heap=size("neo4j_heap"),
+        neo4j_pagecache=size("neo4j_pagecache"),
+        elasticsearch_init=files("elasticsearch_init"),
+        elasticsearch_heap=size("elasticsearch_heap"),
+        kafka_topics=tuple(_parse_topic(t, src) for t, src in items("kafka_topics")),
+        prometheus_scrape=tuple(_parse_scrape(t, src) for t, src in items("prometheus_scrape")),
         sources=sources,
+    )
+
+
+_SIZE = re.compile(r"^[1-9][0-9]*[kmg]?$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_JOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def _parse_topic(text: str, src: str) -> Topic:
+    name, sep, partitions = text.partition(":")
+    name = name.strip()
+    if not _TOPIC.match(name) or name in (".", ".."):
+        raise ConfigError(
+            f"{src}: {text!r} is not a valid topic (NAME[:PARTITIONS], NAME of letters, digits, "
+            "'.', '_' and '-')"
+        )
+    count = 1
+    if sep:
+        if not partitions.strip().isdigit() or int(partitions) < 1:
+            raise ConfigError(f"{src}: partitions of {text!r} must be a positive integer")
+        count = int(partitions)
+    return Topic(name, count)
+
+
+def _parse_scrape(text: str, src: str) -> ScrapeTarget:
+    job, sep, target = text.partition("=")
+    job, target = job.strip(), target.strip()
+    address, slash, path = target.partition("/")
+    host, colon, port = address.rpartition(":")
+    if not sep or not _JOB.match(job) or not colon or not host or not port.isdigit():
+        raise ConfigError(f"{src}: expected JOB=HOST:PORT[/PATH], got {text!r}")
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"{src}: port of {text!r} out of range")
+    return ScrapeTarget(
+        job=job, host=host, port=int(port), path="/" + path if slash else "/metrics"
     )
 
 

@@ -182,8 +182,18 @@ class Stack:
         self.runtime.ensure_image(name, image, self._image_hint(name))
         if stop.is_set():
             raise _Aborted
-        spec = svc.container(ctx)
-        running = self.runtime.start(name, spec)
+        for attempt in range(3):
+            spec = svc.container(ctx)
+            try:
+                running = self.runtime.start(name, spec)
+                break
+            except ServiceError as exc:
+                # a fixed host port (Kafka's advertised one) was taken since it was chosen
+                if not spec.host_ports or "port is already allocated" not in str(exc):
+                    raise
+                self.runtime.remove([name])
+                if attempt == 2:
+                    raise
         ctx.running[name] = running
         self._emit(StackEvent("started", name, detail=image))
         self._probe_until_ready(svc, running, stop)

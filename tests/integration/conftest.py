@@ -9,6 +9,31 @@ import pytest
 
 from pytest_aikernel.runtime.docker import LABEL_SERVICE, LABEL_SESSION
 
+#: the services of the foundation; tests that look at the whole stack name them explicitly,
+#: since a bare ``aikernel_stack`` means every service (Kibana and Grafana have no stand-in)
+FOUNDATION = pytest.mark.aikernel_stack(
+    "postgres", "postgres-replica", "redis", "redis-replica", "vault"
+)
+
+
+def read_kv(vault, path: str) -> dict:
+    """A KV v2 secret under ``secret/``."""
+    return vault.client().secrets.kv.v2.read_secret_version(
+        path=path, mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]
+
+
+def image_present(image: str) -> bool:
+    """Whether ``image`` is in the local engine (nothing is pulled)."""
+    client = docker.from_env()
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    finally:
+        client.close()
+
 
 @pytest.fixture(scope="session")
 def docker_api() -> Iterator[docker.DockerClient]:

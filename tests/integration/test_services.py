@@ -17,18 +17,12 @@ from pytest_aikernel import (
 )
 from pytest_aikernel.runtime.docker import LABEL_OWNER, LABEL_SERVICE, LABEL_SESSION
 
-from .conftest import containers_of
+from .conftest import FOUNDATION, containers_of, read_kv
 
 SCHEMAS = {
     "aikernel_catalog": ["catalog", "metadata", "lineage", "audit"],
     "aikernel_audit": ["audit"],
 }
-
-
-def read_kv(vault: VaultService, path: str) -> dict:
-    return vault.client().secrets.kv.v2.read_secret_version(
-        path=path, mount_point="secret", raise_on_deleted_version=True
-    )["data"]["data"]
 
 
 @pytest.mark.parametrize(("dbname", "schema"), [(d, s) for d, ss in SCHEMAS.items() for s in ss])
@@ -94,6 +88,7 @@ def test_redis_password_required_and_replica_follows(
     assert redis.Redis.from_url(aikernel_redis.url).get("it:key") == b"value-from-master"
 
 
+@FOUNDATION
 def test_vault_describes_every_other_service(aikernel_stack, aikernel_vault) -> None:
     for name in aikernel_stack:
         if name == "vault":
@@ -147,6 +142,7 @@ def test_seeded_kv_policy_approle_and_transit(aikernel_vault: VaultService) -> N
         aikernel_vault.approle_credentials("nope")
 
 
+@FOUNDATION
 def test_containers_are_labelled_and_published_on_loopback_only(
     aikernel_stack, docker_api: docker.DockerClient
 ) -> None:
@@ -163,6 +159,7 @@ def test_containers_are_labelled_and_published_on_loopback_only(
             assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}
 
 
+@FOUNDATION
 def test_a_container_on_the_stack_network_reaches_services_by_alias(
     aikernel_stack, aikernel_postgres: PostgresService, docker_api: docker.DockerClient
 ) -> None:
@@ -178,6 +175,7 @@ def test_a_container_on_the_stack_network_reaches_services_by_alias(
     assert output.decode().strip() == "via-alias"
 
 
+@FOUNDATION
 def test_unknown_service_lookup_says_what_runs(aikernel_stack) -> None:
     with pytest.raises(KeyError, match="known services"):
         aikernel_stack["mongo"]

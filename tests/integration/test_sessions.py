@@ -19,7 +19,7 @@ import pytest
 
 from pytest_aikernel import Settings, Stack
 
-from .conftest import containers_of, networks_of
+from .conftest import FOUNDATION, containers_of, networks_of
 
 SESSION_FILE = "session.txt"
 #: each inner test writes its stack's session id here, so the outer test can count containers
@@ -221,6 +221,7 @@ def test_hang(aikernel_stack, aikernel_redis):
     assert containers_of(docker_api, live.session_id) == {}
 
 
+@FOUNDATION
 def test_sweeper_leaves_live_sessions_alone(
     docker_api: docker.DockerClient, aikernel_stack: Stack, aikernel_settings: Settings
 ) -> None:

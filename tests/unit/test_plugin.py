@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from pytest_aikernel.secrets import SecretStore, mask_value
+from pytest_aikernel.services import names
 from pytest_aikernel.services.postgres import PostgresService
 
 TESTS = """
@@ -45,10 +46,7 @@ def test_stack_fixture_without_marker_needs_everything(pytester: pytest.Pytester
     pytester.makepyfile("def test_all(aikernel_stack):\n    pass\n")
     result = pytester.runpytest("--collect-only", "-q")
     result.stdout.fnmatch_lines(
-        [
-            "aikernel: services needed by the selected tests: "
-            "postgres, postgres-replica, redis, redis-replica, vault"
-        ]
+        ["aikernel: services needed by the selected tests: " + ", ".join(names())]
     )
 
 
@@ -164,3 +162,25 @@ def test_service_objects_mask_passwords_in_repr() -> None:
     assert svc.dsn() == "postgresql://u:s3cret-value-long-enough@127.0.0.1:5/aikernel_catalog"
     assert svc.dsn("aikernel_audit").endswith("/aikernel_audit")
     assert svc.internal_dsn().endswith("@postgres:5432/aikernel_catalog")
+
+
+def test_surely_skipped_tests_need_nothing(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.skip(reason="no kibana image")
+def test_a(aikernel_kibana):
+    pass
+
+@pytest.mark.skipif(True, reason="no grafana image")
+def test_b(aikernel_grafana):
+    pass
+
+@pytest.mark.skipif(False, reason="runs")
+def test_c(aikernel_redis):
+    pass
+"""
+    )
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["aikernel: services needed by the selected tests: redis"])

@@ -253,3 +253,49 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
     for opt in OPTIONS:
         assert opt.cli in text
         assert opt.ini in text
+
+
+def test_data_service_settings(tmp_path: Path) -> None:
+    (tmp_path / "g.cypher").write_text("RETURN 1")
+    s = resolve(
+        raw(
+            tmp_path,
+            cli={"neo4j_init": ["g.cypher"], "kafka_topics": ["a", "b.c:3"]},
+            env={
+                "AIKERNEL_NEO4J_HEAP": "1G",
+                "AIKERNEL_PROMETHEUS_SCRAPE": "api=127.0.0.1:8000/m, x=h:1",
+            },
+        ),
+        KNOWN,
+    )
+    assert s.neo4j_init == (tmp_path / "g.cypher",)
+    assert s.neo4j_heap == "1g"
+    assert s.neo4j_pagecache == "64m"
+    assert [(t.name, t.partitions) for t in s.kafka_topics] == [("a", 1), ("b.c", 3)]
+    assert [(t.job, t.host, t.port, t.path) for t in s.prometheus_scrape] == [
+        ("api", "127.0.0.1", 8000, "/m"),
+        ("x", "h", 1, "/metrics"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cli", "needle"),
+    [
+        ({"neo4j_heap": "lots"}, "--aikernel-neo4j-heap: expected a memory size"),
+        ({"elasticsearch_heap": "0"}, "--aikernel-elasticsearch-heap"),
+        (
+            {"kafka_topics": ["bad topic"]},
+            "--aikernel-kafka-topic: 'bad topic' is not a valid topic",
+        ),
+        ({"kafka_topics": ["t:0"]}, "partitions of 't:0'"),
+        ({"prometheus_scrape": ["nojob"]}, "--aikernel-prometheus-scrape: expected JOB=HOST:PORT"),
+        (
+            {"elasticsearch_init": ["missing.json"]},
+            "--aikernel-elasticsearch-init: file 'missing.json'",
+        ),
+    ],
+)
+def test_data_service_setting_errors(tmp_path: Path, cli, needle) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(raw(tmp_path, cli=cli), KNOWN)
+    assert needle in str(info.value)

@@ -49,3 +49,18 @@ def test_empty_statements_dropped() -> None:
 def test_psql_meta_command_is_reported_with_its_line() -> None:
     with pytest.raises(MetaCommand, match=r"line 2: psql meta-command '\\\\c other'"):
         split_sql("SELECT 1;\n\\c other\nSELECT 2;")
+
+
+def test_cypher_split() -> None:
+    from pytest_aikernel._sql import split_cypher
+
+    script = (
+        "// c; comment\nCREATE (:A {s: 'x;y'});\n/* b; */ MATCH (n:`we;ird`)\nRETURN n;\n"
+        'RETURN "q\\";"'
+    )
+    stmts = split_cypher(script)
+    assert [(s.text, s.line) for s in stmts] == [
+        ("CREATE (:A {s: 'x;y'})", 2),
+        ("MATCH (n:`we;ird`)\nRETURN n", 3),
+        ('RETURN "q\\";"', 5),
+    ]

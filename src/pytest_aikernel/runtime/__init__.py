@@ -17,6 +17,9 @@ class ContainerSpec:
     image: str
     env: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[int, ...] = ()
+    #: container port -> a fixed host port on 127.0.0.1, for servers that must advertise the
+    #: address they are reached at (Kafka); other ports get an ephemeral host port
+    host_ports: Mapping[int, int] = field(default_factory=dict)
     command: tuple[str, ...] | None = None
     entrypoint: tuple[str, ...] | None = None
     user: str | None = None
@@ -24,6 +27,8 @@ class ContainerSpec:
     tmpfs: Mapping[str, str] = field(default_factory=dict)
     #: path in the container -> (content, mode); copied in before the container starts
     files: Mapping[str, tuple[bytes, int]] = field(default_factory=dict)
+    #: extra /etc/hosts entries, e.g. {"host.docker.internal": "host-gateway"}
+    extra_hosts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

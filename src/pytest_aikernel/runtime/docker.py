@@ -78,6 +78,13 @@ class Owner:
         return bool(self.start and current and current != self.start)
 
 
+def free_loopback_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now (for specs that need a fixed host port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
 def new_session_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -215,7 +222,12 @@ class DockerRuntime:
         for key, value in spec.env.items():
             container.with_env(key, value)
         # ("127.0.0.1",) = loopback only, ephemeral host port (docker-py's port binding form)
-        bindings: dict[str, Any] = {f"{port}/tcp": (LOOPBACK,) for port in spec.ports}
+        bindings: dict[str, Any] = {
+            f"{port}/tcp": (LOOPBACK, spec.host_ports[port])
+            if port in spec.host_ports
+            else (LOOPBACK,)
+            for port in spec.ports
+        }
         container.ports = bindings
         if spec.command is not None:
             container.with_command(list(spec.command))
@@ -229,6 +241,8 @@ class DockerRuntime:
             kwargs["entrypoint"] = list(spec.entrypoint)
         if spec.user is not None:
             kwargs["user"] = spec.user
+        if spec.extra_hosts:
+            kwargs["extra_hosts"] = dict(spec.extra_hosts)
         container.with_kwargs(**kwargs)
         self._containers[service] = container
         started = time.monotonic()

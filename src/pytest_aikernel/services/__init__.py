@@ -15,7 +15,17 @@ from ..settings import Settings
 from .base import Service, StackContext
 
 #: service modules, in the order services are listed to users
-_MODULES = ("postgres", "redis", "vault")
+_MODULES = (
+    "postgres",
+    "redis",
+    "neo4j",
+    "elasticsearch",
+    "kafka",
+    "vault",
+    "prometheus",
+    "grafana",
+    "jaeger",
+)
 
 
 @cache
@@ -69,6 +79,7 @@ def closure(requested: Iterable[str]) -> frozenset[str]:
             continue
         out.add(name)
         todo.extend(reg[name].depends_on)
+        todo.extend(reg[name].requires)
     return frozenset(out)
 
 

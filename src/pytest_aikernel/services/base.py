@@ -12,6 +12,16 @@ from ..secrets import SecretStore, mask_value
 from ..settings import Settings
 
 
+@dataclass(frozen=True)
+class MetricsEndpoint:
+    """Where a service serves Prometheus metrics inside the stack network."""
+
+    port: int
+    path: str = "/metrics"
+    params: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    bearer_token: str | None = None
+
+
 @dataclass
 class StackContext:
     """What a service may know about the stack it runs in."""
@@ -48,6 +58,9 @@ class Service(ABC):
     image_from: ClassVar[str | None] = None
     #: services that must be ready before this one's container starts
     depends_on: ClassVar[tuple[str, ...]] = ()
+    #: services that must run in the same stack, without waiting for them to be ready (the
+    #: service connects to them by itself, e.g. Kibana to Elasticsearch)
+    requires: ClassVar[tuple[str, ...]] = ()
     #: container ports published on 127.0.0.1
     ports: ClassVar[tuple[int, ...]] = ()
     #: docstring of the session fixture ``aikernel_<name>``
@@ -79,6 +92,10 @@ class Service(ABC):
 
     def vault_entry(self, ctx: StackContext, running: Running) -> Mapping[str, Any] | None:
         """What this service stores under ``secret/aikernel/<name>`` in Vault (None: nothing)."""
+        return None
+
+    def metrics(self, ctx: StackContext) -> MetricsEndpoint | None:
+        """The service's Prometheus metrics endpoint, if it has one (scraped by Prometheus)."""
         return None
 
     def on_stack_grew(  # noqa: B027 - optional hook

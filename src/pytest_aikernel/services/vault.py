@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import ConfigError, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
-from .base import MaskedRepr, Service, StackContext
+from .base import MaskedRepr, MetricsEndpoint, Service, StackContext
 
 if TYPE_CHECKING:
     import hvac
@@ -192,6 +192,14 @@ class Vault(Service):
             raise RuntimeError(f"/v1/sys/health answered HTTP {status}")
         if not health.get("initialized") or health.get("sealed"):
             raise RuntimeError(f"/v1/sys/health: {health}")
+
+    def metrics(self, ctx: StackContext) -> MetricsEndpoint:
+        return MetricsEndpoint(
+            PORT,
+            "/v1/sys/metrics",
+            params={"format": ("prometheus",)},
+            bearer_token=ctx.secrets.get("vault.token"),
+        )
 
     def seed_after(self, ctx: StackContext) -> frozenset[str]:
         return ctx.services - {self.name}

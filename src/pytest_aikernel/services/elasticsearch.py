@@ -1,0 +1,227 @@
+"""Elasticsearch 8 (single node, security off) and Kibana 8 pointed at it.
+
+Readiness and seeding speak plain HTTP, so they work on any server of Elasticsearch's REST API;
+``client()`` gives the official elasticsearch-py 8 client, which only talks to Elasticsearch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import _http
+from ..errors import ConfigError, SeedError
+from ..runtime import ContainerSpec, Running
+from ..settings import OPTIONS_BY_FIELD, Settings
+from .base import Service, StackContext, endpoint_entry
+
+if TYPE_CHECKING:
+    import elasticsearch
+
+VERSION = "8.15.5"
+PORT = 9200
+KIBANA_PORT = 5601
+DATA = "/usr/share/elasticsearch/data"
+#: top-level keys of an init file, in the order they are applied, and their REST paths
+INIT_KEYS: Mapping[str, str] = {
+    "component_templates": "_component_template",
+    "index_templates": "_index_template",
+    "indices": "",
+}
+
+
+@dataclass(frozen=True)
+class ElasticsearchService:
+    """Elasticsearch of the stack (security off): ``url`` and client helpers."""
+
+    host: str
+    port: int
+    internal_host: str
+    internal_port: int = PORT
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"http://{self.internal_host}:{self.internal_port}"
+
+    def info(self) -> dict[str, Any]:
+        """``GET /`` as a dict (name, cluster_name, version.number, version.distribution...)."""
+        data = _http.request("GET", self.url + "/").json()
+        return dict(data) if isinstance(data, dict) else {}
+
+    @property
+    def is_elasticsearch(self) -> bool:
+        """False when the server is another implementation of the API (e.g. OpenSearch)."""
+        return "distribution" not in self.info().get("version", {})
+
+    def client(self, **kwargs: Any) -> elasticsearch.Elasticsearch:
+        """An ``elasticsearch.Elasticsearch`` (8.x) client on this server."""
+        import elasticsearch
+
+        params: dict[str, Any] = {"request_timeout": 30, **kwargs}
+        return elasticsearch.Elasticsearch(self.url, **params)
+
+
+@dataclass(frozen=True)
+class KibanaService:
+    """Kibana of the stack, connected to its Elasticsearch."""
+
+    host: str
+    port: int
+    internal_host: str
+    internal_port: int = KIBANA_PORT
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"http://{self.internal_host}:{self.internal_port}"
+
+
+def load_init(path: Path) -> dict[str, dict[str, Any]]:
+    """Parse and check one init file; ConfigError names the file and the offending key."""
+    opt = OPTIONS_BY_FIELD["elasticsearch_init"]
+    where = f"Elasticsearch init file {path} ({opt.cli} / ini {opt.ini} / env {opt.env})"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object with keys {', '.join(INIT_KEYS)}")
+    unknown = [k for k in data if k not in INIT_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown top-level key {', '.join(repr(k) for k in unknown)}; allowed: "
+            f"{', '.join(INIT_KEYS)}"
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for key in INIT_KEYS:
+        section = data.get(key) or {}
+        if not isinstance(section, dict) or not all(isinstance(v, dict) for v in section.values()):
+            raise ConfigError(f"{where}: {key!r} must map names to JSON objects")
+        out[key] = section
+    return out
+
+
+class Elasticsearch(Service):
+    name = "elasticsearch"
+    default_image = f"docker.elastic.co/elasticsearch/elasticsearch:{VERSION}"
+    ports = (PORT,)
+    ready_log = "started"
+    fixture_doc = """Elasticsearch 8 of the aikernel stack: single node, security off (session).
+
+    Returns a :class:`pytest_aikernel.ElasticsearchService`: ``url``, ``info()`` and
+    ``client()`` (elasticsearch-py 8). Templates and indices of --aikernel-elasticsearch-init
+    were created.
+    """
+
+    def validate(self, settings: Settings) -> None:
+        for path in settings.elasticsearch_init:
+            load_init(path)
+
+    def container(self, ctx: StackContext) -> ContainerSpec:
+        heap = ctx.settings.elasticsearch_heap
+        return ContainerSpec(
+            image=ctx.image(self.name),
+            env={
+                "discovery.type": "single-node",
+                "xpack.security.enabled": "false",
+                # a nearly full CI disk must not turn the test indices read-only
+                "cluster.routing.allocation.disk.threshold_enabled": "false",
+                "ES_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}",
+            },
+            ports=(PORT,),
+            tmpfs={DATA: "mode=0777"},
+        )
+
+    def probe(self, ctx: StackContext, running: Running) -> None:
+        url = f"http://{running.host}:{running.host_port(PORT)}/_cluster/health"
+        response = _http.request("GET", url, timeout=2)
+        if not response.ok:
+            raise RuntimeError(f"cluster health: HTTP {response.status}: {_http.reason(response)}")
+        status = response.json().get("status")
+        if status not in ("yellow", "green"):
+            raise RuntimeError(f"cluster health is {status!r}")
+
+    def seed(self, ctx: StackContext, running: Running) -> None:
+        base = f"http://{running.host}:{running.host_port(PORT)}"
+        for path in ctx.settings.elasticsearch_init:
+            content = load_init(path)
+            for key, prefix in INIT_KEYS.items():
+                for name, body in content[key].items():
+                    target = f"{base}/{prefix}/{name}" if prefix else f"{base}/{name}"
+                    response = _http.request("PUT", target, body, timeout=30)
+                    if not response.ok:
+                        raise SeedError(
+                            self.name,
+                            f"elasticsearch: init file {path}: {key} {name!r} failed: HTTP "
+                            f"{response.status}: {_http.reason(response)}",
+                        )
+
+    def expose(self, ctx: StackContext, running: Running) -> ElasticsearchService:
+        return ElasticsearchService(
+            host=running.host, port=running.host_port(PORT), internal_host=running.internal_host
+        )
+
+    def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
+        return endpoint_entry(running, PORT)
+
+
+class Kibana(Service):
+    name = "kibana"
+    default_image = f"docker.elastic.co/kibana/kibana:{VERSION}"
+    # Kibana waits for Elasticsearch by itself: its (slow) start overlaps Elasticsearch's
+    requires = ("elasticsearch",)
+    ports = (KIBANA_PORT,)
+    ready_log = "Kibana is now available"
+    fixture_doc = """Kibana 8 of the aikernel stack, connected to its Elasticsearch (session).
+
+    Returns a :class:`pytest_aikernel.KibanaService` with ``url``.
+    """
+
+    def container(self, ctx: StackContext) -> ContainerSpec:
+        return ContainerSpec(
+            image=ctx.image(self.name),
+            env={
+                "ELASTICSEARCH_HOSTS": f"http://elasticsearch:{PORT}",
+                "SERVER_HOST": "0.0.0.0",
+                "TELEMETRY_ENABLED": "false",
+                "TELEMETRY_OPTIN": "false",
+            },
+            ports=(KIBANA_PORT,),
+        )
+
+    @staticmethod
+    def status_url(running: Running) -> str:
+        return f"http://{running.host}:{running.host_port(KIBANA_PORT)}/api/status"
+
+    def probe(self, ctx: StackContext, running: Running) -> None:
+        response = _http.request("GET", self.status_url(running), timeout=2)
+        if not response.ok:
+            raise RuntimeError(f"/api/status: HTTP {response.status}")
+        level = response.json().get("status", {}).get("overall", {}).get("level")
+        if level != "available":
+            raise RuntimeError(f"/api/status overall level is {level!r}")
+
+    def expose(self, ctx: StackContext, running: Running) -> KibanaService:
+        return KibanaService(
+            host=running.host,
+            port=running.host_port(KIBANA_PORT),
+            internal_host=running.internal_host,
+        )
+
+    def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
+        return endpoint_entry(running, KIBANA_PORT)
+
+
+SERVICES = (Elasticsearch, Kibana)

@@ -1,0 +1,129 @@
+"""Jaeger all-in-one 1.50 with OTLP on, in-memory storage.
+
+Readiness uses the query API (``GET /api/services`` on 16686), which Jaeger 1.x and 2.x both
+serve, rather than the admin health port, which moved between them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from .. import _http
+from ..runtime import ContainerSpec, Running
+from .base import MetricsEndpoint, Service, StackContext, endpoint_entry
+
+UI = 16686
+OTLP_GRPC = 4317
+OTLP_HTTP = 4318
+ADMIN = 14269
+
+
+@dataclass(frozen=True)
+class JaegerService:
+    """Jaeger of the stack: UI/query API and OTLP endpoints, host side and in-network."""
+
+    host: str
+    ui_port: int
+    otlp_grpc_port: int
+    otlp_http_port: int
+    internal_host: str
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.ui_port}"
+
+    @property
+    def otlp_grpc_endpoint(self) -> str:
+        """``http://127.0.0.1:<port>`` for an OTLP gRPC exporter in the test process."""
+        return f"http://{self.host}:{self.otlp_grpc_port}"
+
+    @property
+    def otlp_http_endpoint(self) -> str:
+        """``http://127.0.0.1:<port>`` (the exporter appends ``/v1/traces``)."""
+        return f"http://{self.host}:{self.otlp_http_port}"
+
+    @property
+    def internal_ui_url(self) -> str:
+        return f"http://{self.internal_host}:{UI}"
+
+    @property
+    def internal_otlp_grpc_endpoint(self) -> str:
+        return f"http://{self.internal_host}:{OTLP_GRPC}"
+
+    @property
+    def internal_otlp_http_endpoint(self) -> str:
+        return f"http://{self.internal_host}:{OTLP_HTTP}"
+
+    def services(self) -> list[str]:
+        """Service names Jaeger has traces of (query API)."""
+        data = _http.request("GET", f"{self.ui_url}/api/services").json() or {}
+        return list(data.get("data") or [])
+
+    def traces(self, service: str, timeout: float = 10.0, limit: int = 100) -> list[dict[str, Any]]:
+        """The traces ``service`` sent, waiting up to ``timeout`` s for at least one."""
+        query = urlencode({"service": service, "limit": limit, "lookback": "1h"})
+        deadline = time.monotonic() + timeout
+        while True:
+            response = _http.request("GET", f"{self.ui_url}/api/traces?{query}")
+            traces = list((response.json() or {}).get("data") or []) if response.ok else []
+            if traces:
+                return traces
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"jaeger: no trace of service {service!r} after {timeout:.1f} s; services "
+                    f"with traces: {', '.join(self.services()) or 'none'}"
+                )
+            time.sleep(0.1)
+
+
+class Jaeger(Service):
+    name = "jaeger"
+    default_image = "jaegertracing/all-in-one:1.50"
+    ports = (UI, OTLP_GRPC, OTLP_HTTP)
+    ready_log = "Query server started"
+    fixture_doc = """Jaeger all-in-one 1.50 with OTLP enabled, in memory (session scope).
+
+    Returns a :class:`pytest_aikernel.JaegerService`: ``ui_url``, ``otlp_grpc_endpoint``,
+    ``otlp_http_endpoint``, their ``internal_*`` twins and ``traces(service, timeout)``.
+    """
+
+    def container(self, ctx: StackContext) -> ContainerSpec:
+        return ContainerSpec(
+            image=ctx.image(self.name),
+            env={"COLLECTOR_OTLP_ENABLED": "true"},
+            ports=(UI, OTLP_GRPC, OTLP_HTTP),
+        )
+
+    def probe(self, ctx: StackContext, running: Running) -> None:
+        url = f"http://{running.host}:{running.host_port(UI)}/api/services"
+        response = _http.request("GET", url, timeout=2)
+        if not response.ok:
+            raise RuntimeError(f"/api/services: HTTP {response.status}")
+
+    def metrics(self, ctx: StackContext) -> MetricsEndpoint:
+        return MetricsEndpoint(ADMIN)
+
+    def expose(self, ctx: StackContext, running: Running) -> JaegerService:
+        return JaegerService(
+            host=running.host,
+            ui_port=running.host_port(UI),
+            otlp_grpc_port=running.host_port(OTLP_GRPC),
+            otlp_http_port=running.host_port(OTLP_HTTP),
+            internal_host=running.internal_host,
+        )
+
+    def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
+        return endpoint_entry(
+            running,
+            UI,
+            otlp_grpc_port=running.host_port(OTLP_GRPC),
+            internal_otlp_grpc_port=OTLP_GRPC,
+            otlp_http_port=running.host_port(OTLP_HTTP),
+            internal_otlp_http_port=OTLP_HTTP,
+        )
+
+
+SERVICES = (Jaeger,)

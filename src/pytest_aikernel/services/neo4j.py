@@ -1,0 +1,151 @@
+"""Neo4j 5: Bolt and HTTP, a generated password, small memory, seeded from Cypher files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .._sql import split_cypher
+from ..errors import SeedError
+from ..runtime import ContainerSpec, Running
+from ..settings import OPTIONS_BY_FIELD
+from .base import MaskedRepr, Service, StackContext, endpoint_entry
+
+if TYPE_CHECKING:
+    import neo4j
+
+BOLT = 7687
+HTTP = 7474
+USER = "neo4j"
+
+
+@dataclass(frozen=True, repr=False)
+class Neo4jService(MaskedRepr):
+    """Neo4j of the stack: Bolt and HTTP from the test process, and in-network twins."""
+
+    host: str
+    bolt_port: int
+    http_port: int
+    user: str
+    password: str
+    internal_host: str
+    internal_bolt_port: int = BOLT
+    internal_http_port: int = HTTP
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ("password",)
+
+    @property
+    def bolt_url(self) -> str:
+        return f"bolt://{self.host}:{self.bolt_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def internal_bolt_url(self) -> str:
+        return f"bolt://{self.internal_host}:{self.internal_bolt_port}"
+
+    @property
+    def internal_http_url(self) -> str:
+        return f"http://{self.internal_host}:{self.internal_http_port}"
+
+    def driver(self, **kwargs: Any) -> neo4j.Driver:
+        """A ``neo4j.Driver`` authenticated as the stack's user; close it when done."""
+        import neo4j
+
+        return neo4j.GraphDatabase.driver(self.bolt_url, auth=(self.user, self.password), **kwargs)
+
+
+def _driver(ctx: StackContext, running: Running) -> neo4j.Driver:
+    import neo4j
+
+    return neo4j.GraphDatabase.driver(
+        f"bolt://{running.host}:{running.host_port(BOLT)}",
+        auth=(USER, ctx.secrets.get("neo4j.password")),
+        connection_timeout=2,
+        max_connection_lifetime=30,
+    )
+
+
+class Neo4j(Service):
+    name = "neo4j"
+    default_image = "neo4j:5.26"
+    ports = (BOLT, HTTP)
+    ready_log = "Started."
+    fixture_doc = """Neo4j 5 of the aikernel stack, Bolt and HTTP, generated password (session).
+
+    Returns a :class:`pytest_aikernel.Neo4jService`: ``bolt_url``, ``http_url``, ``user``,
+    ``password`` and ``driver()`` (a ``neo4j.Driver``). Cypher files of
+    --aikernel-neo4j-init ran in order.
+    """
+
+    def container(self, ctx: StackContext) -> ContainerSpec:
+        heap = ctx.settings.neo4j_heap
+        return ContainerSpec(
+            image=ctx.image(self.name),
+            env={
+                "NEO4J_AUTH": f"{USER}/{ctx.secrets.get('neo4j.password')}",
+                "NEO4J_server_memory_heap_initial__size": heap,
+                "NEO4J_server_memory_heap_max__size": heap,
+                "NEO4J_server_memory_pagecache_size": ctx.settings.neo4j_pagecache,
+                "NEO4J_dbms_usage__report_enabled": "false",
+            },
+            ports=(BOLT, HTTP),
+            tmpfs={"/data": ""},
+        )
+
+    def probe(self, ctx: StackContext, running: Running) -> None:
+        with _driver(ctx, running) as driver:
+            driver.verify_connectivity()
+            records, _, _ = driver.execute_query("RETURN 1 AS one")
+            if records[0]["one"] != 1:
+                raise RuntimeError("RETURN 1 did not return 1")
+
+    def seed(self, ctx: StackContext, running: Running) -> None:
+        if not ctx.settings.neo4j_init:
+            return
+        import neo4j.exceptions
+
+        opt = OPTIONS_BY_FIELD["neo4j_init"]
+        source = ctx.settings.source_of("neo4j_init")
+        with _driver(ctx, running) as driver:
+            for path in ctx.settings.neo4j_init:
+                try:
+                    statements = split_cypher(path.read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise SeedError(self.name, f"neo4j: cannot read {path}: {exc}") from None
+                for stmt in statements:
+                    try:
+                        driver.execute_query(stmt.text)
+                    except neo4j.exceptions.Neo4jError as exc:
+                        raise SeedError(
+                            self.name,
+                            f"neo4j: init file {path} failed at the statement on line "
+                            f"{stmt.line}:\n    {stmt.text}\n  {exc.code}: {exc.message}\n"
+                            f"Fix the file or remove it from {source} ({opt.cli} / ini "
+                            f"{opt.ini} / env {opt.env}).",
+                        ) from None
+
+    def expose(self, ctx: StackContext, running: Running) -> Neo4jService:
+        return Neo4jService(
+            host=running.host,
+            bolt_port=running.host_port(BOLT),
+            http_port=running.host_port(HTTP),
+            user=USER,
+            password=ctx.secrets.get("neo4j.password"),
+            internal_host=running.internal_host,
+        )
+
+    def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:
+        return endpoint_entry(
+            running,
+            BOLT,
+            username=USER,
+            password=ctx.secrets.get("neo4j.password"),
+            http_port=running.host_port(HTTP),
+            internal_http_port=HTTP,
+        )
+
+
+SERVICES = (Neo4j,)
