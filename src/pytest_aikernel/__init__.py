@@ -17,15 +17,15 @@ from .errors import (
     ServiceStartTimeout,
     StackStartError,
 )
-from .services.elasticsearch import ElasticsearchService, KibanaService
+from .services.elasticsearch import ElasticsearchService, IndexPrefix, KibanaService
 from .services.grafana import GrafanaService
 from .services.jaeger import JaegerService
 from .services.kafka import KafkaService, ZookeeperService
-from .services.neo4j import Neo4jService
+from .services.neo4j import Neo4jService, RollbackSession
 from .services.postgres import PostgresReplicaService, PostgresService
 from .services.prometheus import PrometheusService
 from .services.redis import RedisReplicaService, RedisService
-from .services.vault import VaultService
+from .services.vault import VaultPath, VaultService
 from .settings import InitFile, ScrapeTarget, Settings, Topic
 from .stack import Stack
 
@@ -39,6 +39,7 @@ __all__ = [
     "ElasticsearchService",
     "GrafanaService",
     "ImageUnavailable",
+    "IndexPrefix",
     "InitFile",
     "JaegerService",
     "KafkaService",
@@ -50,6 +51,7 @@ __all__ = [
     "RedisReplicaService",
     "RedisService",
     "ReplicationTimeout",
+    "RollbackSession",
     "ScrapeTarget",
     "SeedError",
     "ServiceError",
@@ -58,6 +60,7 @@ __all__ = [
     "Stack",
     "StackStartError",
     "Topic",
+    "VaultPath",
     "VaultService",
     "ZookeeperService",
     "__version__",

@@ -13,6 +13,7 @@ import pytest
 
 from . import services as registry_mod
 from .errors import ConfigError, DockerUnavailable, StackStartError
+from .services import Isolation
 from .settings import OPTIONS_BY_FIELD, Settings, add_options, read_settings
 from .stack import Stack, StackEvent
 
@@ -103,6 +104,9 @@ def _needs(item: pytest.Item) -> set[str]:
     for name in all_names:
         if registry_mod.fixture_name(name) in fixturenames:
             needed.add(name)
+    for fixture, (service, _iso) in registry_mod.isolations().items():
+        if fixture in fixturenames:
+            needed.add(service)
     return needed
 
 
@@ -259,6 +263,20 @@ def _make_service_fixture(service: str) -> Any:
     return pytest.fixture(scope="session", name=fixture.__name__)(fixture)
 
 
+def _make_isolation_fixture(service: str, iso: Isolation) -> Any:
+    def fixture(_aikernel_session_stack: Stack) -> Iterator[Any]:
+        _aikernel_session_stack.start([service])
+        scope = _aikernel_session_stack.test_scope(iso.fixture)
+        with iso.make(_aikernel_session_stack[service], scope) as value:
+            yield value
+
+    fixture.__doc__ = iso.doc
+    fixture.__name__ = iso.fixture
+    return pytest.fixture(name=iso.fixture)(fixture)
+
+
 for _service in registry_mod.names():
     globals()[registry_mod.fixture_name(_service)] = _make_service_fixture(_service)
+for _fixture, (_service, _iso) in registry_mod.isolations().items():
+    globals()[_fixture] = _make_isolation_fixture(_service, _iso)
 del _service

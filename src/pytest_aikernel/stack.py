@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -27,7 +29,7 @@ from .errors import (
 from .runtime import Running
 from .runtime.docker import DockerRuntime, new_session_id, sweep_dead_sessions
 from .secrets import SecretStore
-from .services import Service, StackContext
+from .services import Service, StackContext, TestScope
 from .settings import OPTIONS_BY_FIELD, Settings, env_name_for_image
 
 #: readiness probes are retried this often (seconds)
@@ -80,6 +82,8 @@ class Stack:
         self.timings: dict[str, float] = {}
         #: time.monotonic() at which each service became ready (probe passed)
         self.ready_at: dict[str, float] = {}
+        self._scopes = 0
+        self._isolation_state: dict[str, dict[str, Any]] = {}
         atexit.register(self.stop)
 
     # ---- public mapping -----------------------------------------------------------------------
@@ -113,6 +117,17 @@ class Stack:
 
     def __len__(self) -> int:
         return len(self._ctx.exposed)
+
+    def test_scope(self, fixture: str) -> TestScope:
+        """A new unique scope for one use of the per-test fixture ``fixture``."""
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        digits = "".join(ch for ch in worker if ch.isdigit())
+        with self._event_lock:
+            self._scopes += 1
+            count = self._scopes
+        state = self._isolation_state.setdefault(fixture, {})
+        name = f"aik_{worker.lower()}_{count}_{secrets.token_hex(3)}"
+        return TestScope(name=name, worker=worker, worker_index=int(digits or 0), state=state)
 
     def running(self, name: str) -> Running:
         """Where ``name``'s container runs (host ports, network alias, container id)."""
@@ -289,6 +304,10 @@ class Stack:
         self._closed = True
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
+        for state in self._isolation_state.values():
+            for value in state.values():
+                with contextlib.suppress(Exception):
+                    value.close()
         self.runtime.close()
 
 

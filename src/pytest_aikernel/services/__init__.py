@@ -12,7 +12,7 @@ from functools import cache
 
 from ..errors import ConfigError
 from ..settings import Settings
-from .base import Service, StackContext
+from .base import Isolation, Service, StackContext, TestScope
 
 #: service modules, in the order services are listed to users
 _MODULES = (
@@ -45,6 +45,11 @@ def names() -> tuple[str, ...]:
 
 def fixture_name(service: str) -> str:
     return "aikernel_" + service.replace("-", "_")
+
+
+def isolations() -> Mapping[str, tuple[str, Isolation]]:
+    """Per-test fixture name -> (its service, its Isolation), for every service."""
+    return {iso.fixture: (name, iso) for name, svc in registry().items() for iso in svc.isolations}
 
 
 def image_for(service: str, settings: Settings) -> str:
@@ -109,12 +114,15 @@ def start_order(selected: Iterable[str]) -> list[str]:
 
 
 __all__ = [
+    "Isolation",
     "Service",
     "StackContext",
+    "TestScope",
     "check_names",
     "closure",
     "fixture_name",
     "image_for",
+    "isolations",
     "names",
     "registry",
     "start_order",

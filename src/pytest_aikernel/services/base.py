@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -20,6 +21,31 @@ class MetricsEndpoint:
     path: str = "/metrics"
     params: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     bearer_token: str | None = None
+
+
+@dataclass(frozen=True)
+class TestScope:
+    """What a per-test fixture knows about the test it isolates."""
+
+    #: unique per run, worker and test; lower-case letters, digits and '_' (a valid database,
+    #: topic, index and path name)
+    name: str
+    #: "main" without pytest-xdist, else the worker id ("gw0", "gw1", ...)
+    worker: str
+    #: 0 for "main" and "gw0", n for "gwn"
+    worker_index: int
+    #: scratch space kept for the whole session by this fixture (e.g. an admin connection)
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """A function-scoped fixture giving one test its own, clean share of a service."""
+
+    fixture: str
+    doc: str
+    #: (the service's public object, the test's scope) -> context manager of the fixture value
+    make: Callable[[Any, TestScope], AbstractContextManager[Any]]
 
 
 @dataclass
@@ -67,6 +93,8 @@ class Service(ABC):
     fixture_doc: ClassVar[str] = ""
     #: a log line the server prints once it can answer (used by benchmarks)
     ready_log: ClassVar[str] = ""
+    #: per-test fixtures of this service
+    isolations: ClassVar[tuple[Isolation, ...]] = ()
 
     def validate(self, settings: Settings) -> None:  # noqa: B027 - optional hook
         """Check this service's settings early (configure time); raise ConfigError."""

@@ -7,7 +7,8 @@ Readiness and seeding speak plain HTTP, so they work on any server of Elasticsea
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from .. import _http
 from ..errors import ConfigError, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
-from .base import Service, StackContext, endpoint_entry
+from .base import Isolation, Service, StackContext, TestScope, endpoint_entry
 
 if TYPE_CHECKING:
     import elasticsearch
@@ -86,6 +87,31 @@ class KibanaService:
         return f"http://{self.internal_host}:{self.internal_port}"
 
 
+@dataclass(frozen=True)
+class IndexPrefix:
+    """An index name prefix that belongs to one test; its indices are deleted after it."""
+
+    prefix: str
+    url: str
+
+    def name(self, suffix: str = "index") -> str:
+        """``<prefix><suffix>``: an index name of this test (lower case)."""
+        return f"{self.prefix}{suffix}".lower()
+
+
+@contextmanager
+def _index_prefix(es: ElasticsearchService, scope: TestScope) -> Iterator[IndexPrefix]:
+    prefix = f"{scope.name}-"
+    try:
+        yield IndexPrefix(prefix, es.url)
+    finally:
+        listing = _http.request("GET", f"{es.url}/_cat/indices/{prefix}*?format=json&h=index")
+        names = [row["index"] for row in (listing.json() or [])] if listing.ok else []
+        if names:
+            # explicit names: Elasticsearch 8 refuses wildcard deletes by default
+            _http.request("DELETE", f"{es.url}/{','.join(names)}")
+
+
 def load_init(path: Path) -> dict[str, dict[str, Any]]:
     """Parse and check one init file; ConfigError names the file and the offending key."""
     opt = OPTIONS_BY_FIELD["elasticsearch_init"]
@@ -117,6 +143,16 @@ class Elasticsearch(Service):
     name = "elasticsearch"
     default_image = f"docker.elastic.co/elasticsearch/elasticsearch:{VERSION}"
     ports = (PORT,)
+    isolations = (
+        Isolation(
+            "aikernel_es_index",
+            """An index name prefix unique to this test; indices under it are deleted after.
+
+    Returns a :class:`pytest_aikernel.IndexPrefix`: ``prefix`` and ``name(suffix)``.
+    """,
+            _index_prefix,
+        ),
+    )
     ready_log = "started"
     fixture_doc = """Elasticsearch 8 of the aikernel stack: single node, security off (session).
 

@@ -7,15 +7,18 @@ process. The host port is chosen before the container starts, since the broker m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SeedError
 from ..runtime import ContainerSpec, Running
 from ..runtime.docker import free_loopback_port
-from .base import Service, StackContext, endpoint_entry
+from .base import Isolation, Service, StackContext, TestScope, endpoint_entry
 
 if TYPE_CHECKING:
     import confluent_kafka
@@ -109,6 +112,35 @@ def _dotted(conf: dict[str, Any]) -> dict[str, Any]:
     return {key.replace("_", "."): value for key, value in conf.items()}
 
 
+@contextmanager
+def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[Callable[..., str]]:
+    """A factory of uniquely named topics, deleted after the test."""
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    admin = scope.state.get("admin")
+    if admin is None:
+        admin = scope.state["admin"] = kafka.admin()
+    made: list[str] = []
+
+    def make(name: str = "topic", partitions: int = 1) -> str:
+        topic = f"{scope.name}.{name}"
+        for future in admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+            operation_timeout=10,
+        ).values():
+            future.result(timeout=30)
+        made.append(topic)
+        return topic
+
+    try:
+        yield make
+    finally:
+        if made:
+            for future in admin.delete_topics(made, operation_timeout=10).values():
+                with contextlib.suppress(Exception):
+                    future.result(timeout=30)
+
+
 class Zookeeper(Service):
     name = "zookeeper"
     default_image = f"confluentinc/cp-zookeeper:{VERSION}"
@@ -154,6 +186,17 @@ class Kafka(Service):
     default_image = f"confluentinc/cp-kafka:{VERSION}"
     depends_on = ("zookeeper",)
     ports = (HOST_PORT,)
+    isolations = (
+        Isolation(
+            "aikernel_kafka_topic",
+            """A factory ``make(name="topic", partitions=1) -> str`` of topics unique to this test.
+
+    Topics are named ``<unique test prefix>.<name>``, created (replication 1) before ``make``
+    returns, and deleted after the test.
+    """,
+            _topics,
+        ),
+    )
     ready_log = "started (kafka.server.KafkaServer)"
     fixture_doc = """Kafka broker (Confluent 7.5, ZooKeeper mode) of the aikernel stack (session).
 

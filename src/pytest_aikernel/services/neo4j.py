@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -9,7 +11,7 @@ from .._sql import split_cypher
 from ..errors import SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD
-from .base import MaskedRepr, Service, StackContext, endpoint_entry
+from .base import Isolation, MaskedRepr, Service, StackContext, TestScope, endpoint_entry
 
 if TYPE_CHECKING:
     import neo4j
@@ -57,6 +59,48 @@ class Neo4jService(MaskedRepr):
         return neo4j.GraphDatabase.driver(self.bolt_url, auth=(self.user, self.password), **kwargs)
 
 
+class RollbackSession:
+    """A Neo4j session whose work happens in one transaction, rolled back after the test.
+
+    ``run()``, ``execute_read()`` and ``execute_write()`` work as on ``neo4j.Session`` and see
+    each other's writes; nothing of it is ever committed, so tests on one shared Neo4j (even
+    Community edition, which has a single database) never see each other's data.
+    """
+
+    def __init__(self, session: neo4j.Session) -> None:
+        self._session = session
+        self._tx = session.begin_transaction()
+
+    def run(self, query: str, parameters: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        return self._tx.run(query, parameters, **kwargs)
+
+    def execute_read(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return work(self._tx, *args, **kwargs)
+
+    execute_write = execute_read
+
+    def rollback(self) -> None:
+        if self._tx.closed():
+            return
+        self._tx.rollback()
+
+    def close(self) -> None:
+        self.rollback()
+        self._session.close()
+
+
+@contextmanager
+def _rollback_session(neo: Neo4jService, scope: TestScope) -> Iterator[RollbackSession]:
+    driver = scope.state.get("driver")
+    if driver is None:
+        driver = scope.state["driver"] = neo.driver()
+    session = RollbackSession(driver.session())
+    try:
+        yield session
+    finally:
+        session.close()
+
+
 def _driver(ctx: StackContext, running: Running) -> neo4j.Driver:
     import neo4j
 
@@ -72,6 +116,17 @@ class Neo4j(Service):
     name = "neo4j"
     default_image = "neo4j:5.26"
     ports = (BOLT, HTTP)
+    isolations = (
+        Isolation(
+            "aikernel_neo4j_session",
+            """A Neo4j session whose data is removed after the test (one rolled-back transaction).
+
+    Returns a :class:`pytest_aikernel.RollbackSession` with ``run()``, ``execute_read()``
+    and ``execute_write()``; other tests never see what it wrote.
+    """,
+            _rollback_session,
+        ),
+    )
     ready_log = "Started."
     fixture_doc = """Neo4j 5 of the aikernel stack, Bolt and HTTP, generated password (session).
 

@@ -13,6 +13,8 @@ The replica runs the same image as the ``postgres`` user with a small shell entr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,7 +25,7 @@ from .._sql import MetaCommand, Statement, split_sql
 from ..errors import ReplicationTimeout, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD
-from .base import MaskedRepr, Service, StackContext, endpoint_entry
+from .base import Isolation, MaskedRepr, Service, StackContext, TestScope, endpoint_entry
 
 if TYPE_CHECKING:
     import psycopg
@@ -34,6 +36,7 @@ CATALOG = "aikernel_catalog"
 AUDIT = "aikernel_audit"
 DATABASES = (CATALOG, AUDIT)
 PGDATA = "/var/lib/postgresql/data"
+TEMPLATE_SUFFIX = "_template"
 #: server flags for a throwaway test database: durability off (the official image accepts them)
 FAST_FLAGS = (
     "-c",
@@ -159,6 +162,43 @@ def _probe_connect(user: str, password: str, running: Running, dbname: str) -> A
     )
 
 
+@contextmanager
+def _cloned_databases(pg: PostgresService, scope: TestScope) -> Iterator[Callable[..., Any]]:
+    """A factory of fresh clones of the seeded databases; every clone is dropped after."""
+    import psycopg
+
+    admin = scope.state.get("admin")
+    if admin is None or admin.closed:
+        admin = scope.state["admin"] = pg.connect("postgres", autocommit=True)
+    made: list[tuple[str, Any]] = []
+
+    def clone(dbname: str = CATALOG, **kwargs: Any) -> psycopg.Connection[Any]:
+        name = f"{scope.name}_{len(made)}" if made else scope.name
+        try:
+            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{dbname}{TEMPLATE_SUFFIX}"')
+        except psycopg.errors.InvalidCatalogName:
+            raise ValueError(
+                f"postgres: no template of database {dbname!r}; per-test clones exist for "
+                f"{', '.join(DATABASES)}"
+            ) from None
+        conn = pg.connect(name, **kwargs)
+        made.append((name, conn))
+        return conn
+
+    try:
+        yield clone
+    finally:
+        for name, conn in made:
+            conn.close()
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def _one_clone(pg: PostgresService, scope: TestScope, dbname: str) -> Iterator[Any]:
+    with _cloned_databases(pg, scope) as clone:
+        yield clone(dbname)
+
+
 class Postgres(Service):
     name = "postgres"
     default_image = "postgres:15"
@@ -171,6 +211,32 @@ class Postgres(Service):
     ``aikernel_catalog`` (schemas catalog, metadata, lineage, audit) and ``aikernel_audit``
     (schema audit) are created, then the files of --aikernel-postgres-init run.
     """
+
+    isolations = (
+        Isolation(
+            "aikernel_pg",
+            """A psycopg connection to this test's own copy of the seeded ``aikernel_catalog``.
+
+    The database is cloned from a template of the seeded database (``CREATE DATABASE ...
+    TEMPLATE``) under a name unique per worker and test, and dropped after the test.
+    """,
+            lambda pg, scope: _one_clone(pg, scope, CATALOG),
+        ),
+        Isolation(
+            "aikernel_pg_audit",
+            """A psycopg connection to this test's own copy of the seeded ``aikernel_audit``.""",
+            lambda pg, scope: _one_clone(pg, scope, AUDIT),
+        ),
+        Isolation(
+            "aikernel_pg_factory",
+            """A factory ``make(dbname="aikernel_catalog", **kw) -> psycopg.Connection``.
+
+    Each call gives a connection to a new clone of the seeded database ``dbname``
+    (aikernel_catalog or aikernel_audit); all clones are dropped after the test.
+    """,
+            _cloned_databases,
+        ),
+    )
 
     def container(self, ctx: StackContext) -> ContainerSpec:
         return ContainerSpec(
@@ -222,6 +288,16 @@ class Postgres(Service):
             _run_script(
                 USER, password, running, init.database, script, origin=str(init.path), hint=hint
             )
+        # frozen copies of the seeded databases, cloned for each test by aikernel_pg: nobody
+        # connects to a template, so CREATE DATABASE ... TEMPLATE never waits for other sessions
+        with _probe_connect(USER, password, running, "postgres") as conn:
+            for db in DATABASES:
+                template = db + TEMPLATE_SUFFIX
+                conn.execute(f'DROP DATABASE IF EXISTS "{template}"')
+                conn.execute(f'CREATE DATABASE "{template}" TEMPLATE "{db}"')
+                conn.execute(
+                    f'ALTER DATABASE "{template}" IS_TEMPLATE true ALLOW_CONNECTIONS false'
+                )
 
     def expose(self, ctx: StackContext, running: Running) -> PostgresService:
         return PostgresService(

@@ -6,12 +6,14 @@ turns protected mode off and binds every interface), persistence off.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from ..runtime import ContainerSpec, Running
-from .base import MaskedRepr, Service, StackContext, endpoint_entry
+from .base import Isolation, MaskedRepr, Service, StackContext, TestScope, endpoint_entry
 
 if TYPE_CHECKING:
     import redis
@@ -75,6 +77,22 @@ class RedisReplicaService(RedisService):
             )
 
 
+#: logical databases 1..15 are handed to xdist workers for per-test use; 0 stays shared
+ISOLATED_DBS = 15
+
+
+@contextmanager
+def _worker_db(redis_service: RedisService, scope: TestScope) -> Iterator[redis.Redis]:
+    db = 1 + scope.worker_index % ISOLATED_DBS
+    client = redis_service.client(db)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
 def _probe_client(ctx: StackContext, running: Running) -> redis.Redis:
     import redis
     from redis.backoff import NoBackoff
@@ -95,6 +113,17 @@ class Redis(Service):
     name = "redis"
     default_image = "redis:7"
     ports = (PORT,)
+    isolations = (
+        Isolation(
+            "aikernel_redis_db",
+            """A ``redis.Redis`` client on a logical database owned by this xdist worker.
+
+    The database (1-15, by worker) is flushed before and after the test; database 0 is left
+    to session-wide use.
+    """,
+            _worker_db,
+        ),
+    )
     ready_log = "Ready to accept connections"
     fixture_doc = """Redis 7 master of the aikernel stack, password protected (session scope).
 

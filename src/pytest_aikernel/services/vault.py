@@ -7,7 +7,8 @@ do in production. The user's YAML seed file adds KV secrets, policies, AppRoles 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import ConfigError, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
-from .base import MaskedRepr, MetricsEndpoint, Service, StackContext
+from .base import Isolation, MaskedRepr, MetricsEndpoint, Service, StackContext, TestScope
 
 if TYPE_CHECKING:
     import hvac
@@ -147,10 +148,69 @@ class VaultService(MaskedRepr):
         return {"role_id": str(role_id), "secret_id": str(secret_id)}
 
 
+@dataclass(frozen=True)
+class VaultPath:
+    """A KV v2 prefix under ``secret/`` that belongs to one test."""
+
+    prefix: str
+    vault: VaultService
+
+    def path(self, name: str) -> str:
+        """``<prefix>/<name>``: the KV path of ``name`` (without the ``secret/`` mount)."""
+        return f"{self.prefix}/{name}"
+
+    def write(self, name: str, **data: Any) -> None:
+        self.vault.client().secrets.kv.v2.create_or_update_secret(
+            path=self.path(name), secret=data, mount_point=self.vault.kv_mount
+        )
+
+    def read(self, name: str) -> dict[str, Any]:
+        response = self.vault.client().secrets.kv.v2.read_secret_version(
+            path=self.path(name), mount_point=self.vault.kv_mount, raise_on_deleted_version=True
+        )
+        return dict(response["data"]["data"])
+
+
+def _delete_tree(client: hvac.Client, mount: str, prefix: str) -> None:
+    import hvac.exceptions
+
+    try:
+        keys = client.secrets.kv.v2.list_secrets(path=prefix, mount_point=mount)["data"]["keys"]
+    except hvac.exceptions.InvalidPath:
+        return
+    for key in keys:
+        if key.endswith("/"):
+            _delete_tree(client, mount, f"{prefix}/{key.rstrip('/')}")
+        else:
+            client.secrets.kv.v2.delete_metadata_and_all_versions(
+                path=f"{prefix}/{key}", mount_point=mount
+            )
+
+
+@contextmanager
+def _test_path(vault: VaultService, scope: TestScope) -> Iterator[VaultPath]:
+    prefix = f"tests/{scope.name}"
+    try:
+        yield VaultPath(prefix, vault)
+    finally:
+        _delete_tree(vault.client(), vault.kv_mount, prefix)
+
+
 class Vault(Service):
     name = "vault"
     default_image = "hashicorp/vault:1.15"
     ports = (PORT,)
+    isolations = (
+        Isolation(
+            "aikernel_vault_path",
+            """A KV v2 prefix under ``secret/`` unique to this test, deleted after it.
+
+    Returns a :class:`pytest_aikernel.VaultPath`: ``prefix``, ``path(name)``,
+    ``write(name, **data)`` and ``read(name)``.
+    """,
+            _test_path,
+        ),
+    )
     ready_log = "post-unseal setup complete"
     fixture_doc = """Vault 1.15 in dev mode with a generated root token (session scope).
 
