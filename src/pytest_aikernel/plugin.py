@@ -266,7 +266,7 @@ def _make_service_fixture(service: str) -> Any:
 def _make_isolation_fixture(service: str, iso: Isolation) -> Any:
     def fixture(_aikernel_session_stack: Stack) -> Iterator[Any]:
         _aikernel_session_stack.start([service])
-        scope = _aikernel_session_stack.test_scope(iso.fixture)
+        scope = _aikernel_session_stack.test_scope(service)
         with iso.make(_aikernel_session_stack[service], scope) as value:
             yield value
 

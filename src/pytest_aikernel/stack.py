@@ -118,14 +118,17 @@ class Stack:
     def __len__(self) -> int:
         return len(self._ctx.exposed)
 
-    def test_scope(self, fixture: str) -> TestScope:
-        """A new unique scope for one use of the per-test fixture ``fixture``."""
+    def test_scope(self, service: str) -> TestScope:
+        """A new unique scope for one use of a per-test fixture of ``service``.
+
+        Its ``state`` is shared by all per-test fixtures of that service in this process.
+        """
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         digits = "".join(ch for ch in worker if ch.isdigit())
         with self._event_lock:
             self._scopes += 1
             count = self._scopes
-        state = self._isolation_state.setdefault(fixture, {})
+        state = self._isolation_state.setdefault(service, {})
         name = f"aik_{worker.lower()}_{count}_{secrets.token_hex(3)}"
         return TestScope(name=name, worker=worker, worker_index=int(digits or 0), state=state)
 

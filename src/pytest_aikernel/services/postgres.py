@@ -12,6 +12,9 @@ The replica runs the same image as the ``postgres`` user with a small shell entr
 
 from __future__ import annotations
 
+import contextlib
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -162,26 +165,105 @@ def _probe_connect(user: str, password: str, running: Running, dbname: str) -> A
     )
 
 
+class ClonePool:
+    """Clones of the seeded templates, made one test ahead and dropped behind, off the test's path.
+
+    One background thread per worker owns an admin connection: it creates the next clone of each
+    template while the current test runs, and drops used clones after it. A test pays for a
+    connection to a ready database, not for CREATE/DROP DATABASE.
+    """
+
+    def __init__(self, pg: PostgresService, prefix: str) -> None:
+        import queue
+
+        self._pg = pg
+        self._prefix = prefix
+        self._count = 0
+        self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._ready: dict[str, queue.Queue[str | BaseException]] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="aikernel-pg-clones", daemon=True)
+        self._thread.start()
+
+    def _name(self) -> str:
+        with self._lock:
+            self._count += 1
+            return f"{self._prefix}_{self._count}_{secrets.token_hex(2)}"
+
+    def _work(self) -> None:
+        import psycopg
+
+        with self._pg.connect("postgres", autocommit=True) as admin:
+            while True:
+                task = self._tasks.get()
+                if task is None:
+                    return
+                action, arg = task
+                if action == "drop":
+                    with contextlib.suppress(psycopg.Error):
+                        admin.execute(f'DROP DATABASE IF EXISTS "{arg}" WITH (FORCE)')
+                    continue
+                name = self._name()
+                try:
+                    admin.execute(
+                        f'CREATE DATABASE "{name}" TEMPLATE "{arg}{TEMPLATE_SUFFIX}" '
+                        "STRATEGY = FILE_COPY"
+                    )
+                    self._ready[arg].put(name)
+                except psycopg.errors.InvalidCatalogName:
+                    self._ready[arg].put(
+                        ValueError(
+                            f"postgres: no template of database {arg!r}; per-test clones exist for "
+                            f"{', '.join(DATABASES)}"
+                        )
+                    )
+                except psycopg.Error as exc:
+                    self._ready[arg].put(exc)
+
+    def take(self, dbname: str) -> str:
+        """The name of a fresh clone of ``dbname``; the next one is started at once."""
+        import queue
+
+        if dbname not in self._ready:
+            self._ready[dbname] = queue.Queue()
+            self._tasks.put(("create", dbname))
+        got = self._ready[dbname].get(timeout=60)
+        if isinstance(got, BaseException):
+            del self._ready[dbname]
+            raise got
+        self._tasks.put(("create", dbname))
+        return got
+
+    def drop(self, name: str) -> None:
+        self._tasks.put(("drop", name))
+
+    def close(self) -> None:
+        """Drop the clones made ahead and the used ones still queued, then stop the thread."""
+        for ready in self._ready.values():
+            while not ready.empty():
+                got = ready.get()
+                if isinstance(got, str):
+                    self.drop(got)
+        self._tasks.put(None)
+        self._thread.join(timeout=30)
+
+
 @contextmanager
 def _cloned_databases(pg: PostgresService, scope: TestScope) -> Iterator[Callable[..., Any]]:
     """A factory of fresh clones of the seeded databases; every clone is dropped after."""
-    import psycopg
 
-    admin = scope.state.get("admin")
-    if admin is None or admin.closed:
-        admin = scope.state["admin"] = pg.connect("postgres", autocommit=True)
+    pool = scope.state.get("pool")
+    if pool is None:
+        pool = scope.state["pool"] = ClonePool(pg, f"aik_{scope.worker.lower()}_pg")
     made: list[tuple[str, Any]] = []
 
     def clone(dbname: str = CATALOG, **kwargs: Any) -> psycopg.Connection[Any]:
-        name = f"{scope.name}_{len(made)}" if made else scope.name
+        name = pool.take(dbname)
         try:
-            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{dbname}{TEMPLATE_SUFFIX}"')
-        except psycopg.errors.InvalidCatalogName:
-            raise ValueError(
-                f"postgres: no template of database {dbname!r}; per-test clones exist for "
-                f"{', '.join(DATABASES)}"
-            ) from None
-        conn = pg.connect(name, **kwargs)
+            conn = pg.connect(name, **kwargs)
+        except BaseException:
+            pool.drop(name)
+            raise
         made.append((name, conn))
         return conn
 
@@ -190,7 +272,7 @@ def _cloned_databases(pg: PostgresService, scope: TestScope) -> Iterator[Callabl
     finally:
         for name, conn in made:
             conn.close()
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            pool.drop(name)
 
 
 @contextmanager
