@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from . import services as registry_mod
-from .errors import ConfigError, DockerUnavailable, StackStartError
+from .errors import ConfigError, DockerUnavailable
 from .services import Isolation
+from .session import StartFailed, XdistShare, open_stack, remove_xdist_stack
 from .settings import OPTIONS_BY_FIELD, Settings, add_options, read_settings
 from .stack import Stack, StackEvent
 
@@ -127,7 +128,7 @@ def pytest_collection_modifyitems(
     except ConfigError as exc:
         raise pytest.UsageError(f"pytest-aikernel: {exc}") from None
     config.stash[wanted_key] = registry_mod.closure(wanted)
-    if not needing:
+    if not needing or config.stash[settings_key].mode == "external":
         return
     from .runtime.docker import docker_client
 
@@ -161,6 +162,50 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
     ]
 
 
+# ---- pytest-xdist: one stack for all workers ----------------------------------------------------
+
+xdist_share_key = pytest.StashKey[XdistShare]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: give every worker the run's shared folder, session id and owner."""
+    import tempfile
+
+    from .runtime.docker import Owner, new_session_id
+
+    config = node.config
+    share = config.stash.get(xdist_share_key, None)
+    if share is None:
+        share = XdistShare(
+            folder=tempfile.mkdtemp(prefix="pytest-aikernel-xdist-"),
+            session_id=new_session_id(),
+            owner=Owner.current().label(),
+        )
+        config.stash[xdist_share_key] = share
+    node.workerinput["aikernel_share"] = [share.folder, share.session_id, share.owner]
+
+
+def _xdist_share(config: pytest.Config) -> XdistShare | None:
+    workerinput = getattr(config, "workerinput", None)
+    if not workerinput or "aikernel_share" not in workerinput:
+        return None
+    folder, session_id, owner = workerinput["aikernel_share"]
+    return XdistShare(folder=folder, session_id=session_id, owner=owner)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    share = config.stash.get(xdist_share_key, None)
+    if share is None:
+        return
+    import shutil
+
+    settings = config.stash.get(settings_key, None)
+    if settings is None or not settings.reuse:
+        remove_xdist_stack(share)
+    shutil.rmtree(share.folder, ignore_errors=True)
+
+
 # ---- progress ------------------------------------------------------------------------------------
 
 
@@ -175,6 +220,10 @@ def _reporter(config: pytest.Config) -> Callable[[StackEvent], None]:
             text = f"aikernel: {event.service} ready in {event.elapsed:.2f} s ({event.detail})"
         elif event.kind == "summary":
             text = f"aikernel: {event.detail} ready in {event.elapsed:.2f} s"
+        elif event.kind == "reused":
+            text = f"aikernel: reusing the running stack ({event.detail})"
+        elif event.kind == "replaced":
+            text = f"aikernel: replacing the reused stack: {event.detail}"
         elif event.kind == "swept":
             text = f"aikernel: removed leftovers of dead sessions: {event.detail}"
         else:
@@ -207,20 +256,22 @@ def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
     if reason is not None:
         pytest.skip(reason)
     settings = pytestconfig.stash[settings_key]
-    stack = Stack(settings, on_event=_reporter(pytestconfig))
-    pytestconfig.stash[stack_key] = stack
     wanted = pytestconfig.stash.get(wanted_key, frozenset())
     began = time.monotonic()
     failure = ""
     try:
-        stack.start(wanted)
-    except DockerUnavailable as exc:
-        failure = f"pytest-aikernel: {exc}"
-    except StackStartError as exc:
+        stack = open_stack(
+            settings,
+            wanted,
+            report=_reporter(pytestconfig),
+            xdist=_xdist_share(pytestconfig),
+            rootdir=pytestconfig.rootpath,
+        )
+    except StartFailed as exc:
         failure = str(exc)
     if failure:
-        stack.stop()
         pytest.fail(failure, pytrace=False)
+    pytestconfig.stash[stack_key] = stack
     if wanted:
         _reporter(pytestconfig)(
             StackEvent(

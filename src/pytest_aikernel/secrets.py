@@ -33,6 +33,14 @@ class SecretStore:
         with self._lock:
             self._values[name] = value
 
+    def export(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._values)
+
+    def load(self, values: dict[str, str]) -> None:
+        with self._lock:
+            self._values.update(values)
+
     def mask(self, text: str) -> str:
         """``text`` with every known secret replaced by its masked form."""
         with self._lock:

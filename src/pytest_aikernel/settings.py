@@ -44,6 +44,8 @@ class Option:
     default: str
     repeatable: bool = False
     choices: tuple[str, ...] = ()
+    #: a CLI flag without a value (ini and env take true/false)
+    flag: bool = False
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -175,6 +177,45 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+OPTIONS = (
+    *OPTIONS,
+    Option(
+        field="reuse",
+        cli="--aikernel-reuse",
+        ini="aikernel_reuse",
+        env="AIKERNEL_REUSE",
+        metavar="",
+        help="keep the stack running after the session and attach to it in the next run with "
+        "the same images, services, settings and seed files (ini/env: true or false); "
+        "`aikernel down` removes it",
+        default="false",
+        flag=True,
+    ),
+    Option(
+        field="mode",
+        cli="--aikernel-mode",
+        ini="aikernel_mode",
+        env="AIKERNEL_MODE",
+        metavar="docker|external",
+        help="docker: start the services in containers; external: use services that already "
+        "run, at the addresses of AIKERNEL_<SERVICE>_URL env vars (defaults: the infrastructure "
+        "README's development stack on localhost)",
+        default="docker",
+        choices=("docker", "external"),
+    ),
+    Option(
+        field="seed_external",
+        cli="--aikernel-seed-external",
+        ini="aikernel_seed_external",
+        env="AIKERNEL_SEED_EXTERNAL",
+        metavar="",
+        help="in external mode, seed the services too (bundled init, init files, Vault entries); "
+        "every seed step is idempotent (ini/env: true or false)",
+        default="false",
+        flag=True,
+    ),
+)
+
 OPTIONS_BY_FIELD: Mapping[str, Option] = {o.field: o for o in OPTIONS}
 
 
@@ -220,6 +261,9 @@ class Settings:
     elasticsearch_heap: str = "512m"
     kafka_topics: tuple[Topic, ...] = ()
     prometheus_scrape: tuple[ScrapeTarget, ...] = ()
+    reuse: bool = False
+    mode: Literal["docker", "external"] = "docker"
+    seed_external: bool = False
     #: where each setting came from ("--aikernel-image", "ini aikernel_images", "env ...",
     #: "default"), for messages that tell the user which setting to change.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -242,7 +286,16 @@ def add_options(parser: pytest.Parser) -> None:
     for opt in OPTIONS:
         env = f" [env {opt.env}]"
         text = f"{opt.help}. Default: {opt.default}.{env}"
-        if opt.repeatable:
+        if opt.flag:
+            group.addoption(
+                opt.cli,
+                action="store_const",
+                const="true",
+                dest=_dest(opt),
+                default=None,
+                help=text,
+            )
+        elif opt.repeatable:
             group.addoption(
                 opt.cli,
                 action="append",
@@ -401,6 +454,27 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
             parts = _as_list(value)
         return [(p.strip(), src) for p in parts if p.strip()]
 
+    def boolean(name: str) -> bool:
+        value, src, _ = pick(name)
+        if value is None:
+            return False
+        sources[name] = src
+        text = _as_str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{src}: expected true or false, got {_as_str(value)!r}")
+
+    value, src, _ = pick("mode")
+    mode: Literal["docker", "external"] = "docker"
+    if value is not None:
+        text = _as_str(value).strip().lower()
+        if text not in ("docker", "external"):
+            raise ConfigError(f"{src}: expected 'docker' or 'external', got {_as_str(value)!r}")
+        mode = "external" if text == "external" else "docker"
+        sources["mode"] = src
+
     return Settings(
         images=images,
         startup_timeout=timeout,
@@ -414,6 +488,9 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         elasticsearch_heap=size("elasticsearch_heap"),
         kafka_topics=tuple(_parse_topic(t, src) for t, src in items("kafka_topics")),
         prometheus_scrape=tuple(_parse_scrape(t, src) for t, src in items("prometheus_scrape")),
+        reuse=boolean("reuse"),
+        mode=mode,
+        seed_external=boolean("seed_external"),
         sources=sources,
     )
 

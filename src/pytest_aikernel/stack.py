@@ -27,7 +27,7 @@ from .errors import (
     StackStartError,
 )
 from .runtime import Running
-from .runtime.docker import DockerRuntime, new_session_id, sweep_dead_sessions
+from .runtime.docker import DockerRuntime, Owner, new_session_id, sweep_dead_sessions
 from .secrets import SecretStore
 from .services import Service, StackContext, TestScope
 from .settings import OPTIONS_BY_FIELD, Settings, env_name_for_image
@@ -37,6 +37,8 @@ POLL_INTERVAL = 0.05
 #: how often a not-yet-ready container is checked for having exited (seconds)
 ALIVE_CHECK_INTERVAL = 0.25
 LOG_TAIL = 50
+#: external mode: how long a service that should already run may take to answer
+EXTERNAL_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,17 @@ class Stack:
         runtime: DockerRuntime | None = None,
         on_event: Callable[[StackEvent], None] | None = None,
         session_id: str | None = None,
+        owner: Owner | None = None,
+        extra_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.session_id = session_id or new_session_id()
-        self.runtime = runtime or DockerRuntime(self.session_id)
+        self.runtime = runtime or DockerRuntime(
+            self.session_id, owner=owner, extra_labels=extra_labels
+        )
+        #: False for a stack attached to containers another process owns (xdist, reuse):
+        #: stop() then leaves the containers running
+        self.owned = True
         self.secrets = SecretStore()
         self._registry = registry_mod.registry()
         self._on_event = on_event or (lambda _e: None)
@@ -151,12 +160,15 @@ class Stack:
         new = [n for n in registry_mod.start_order(wanted) if n not in self._ctx.exposed]
         if not new:
             return
-        if not self._swept:
+        if self.external:
+            pass  # nothing to sweep or create: the services run already
+        elif not self._swept:
             self._swept = True
             swept = sweep_dead_sessions(self.runtime.client)
             if swept:
                 self._emit(StackEvent("swept", detail=", ".join(swept)))
-        self.runtime.create_network()
+        if not self.external:
+            self.runtime.create_network()
         grown = frozenset(self._ctx.exposed)
         self._ctx.services = self._ctx.services | frozenset(new)
         for name in new:
@@ -191,11 +203,41 @@ class Stack:
             for name in grown:
                 self._registry[name].on_stack_grew(self._ctx, self._ctx.running[name], added)
 
+    @property
+    def external(self) -> bool:
+        """External mode: the services run already; nothing is started or removed."""
+        return self.settings.mode == "external"
+
+    def _attach_external(self, svc: Service) -> Running:
+        target = svc.external(os.environ)
+        for key, value in target.secrets.items():
+            self.secrets.add(key, value)
+        return Running(
+            service=svc.name,
+            image="external",
+            container_id="",
+            host=target.host,
+            ports=dict(target.ports),
+            internal_host=target.host,
+            started_at=time.monotonic(),
+        )
+
     def _bring_up(self, name: str, stop: threading.Event) -> None:
         svc = self._registry[name]
         ctx = self._ctx
         for dep in svc.depends_on:
             self._wait_ready(dep, stop)
+        if self.external:
+            running = self._attach_external(svc)
+            ctx.running[name] = running
+            self._probe_until_ready(svc, running, stop)
+            self.ready_at[name] = time.monotonic()
+            if self.settings.seed_external:
+                for other in sorted(svc.seed_after(ctx)):
+                    self._wait_ready(other, stop)
+                svc.seed(ctx, running)
+            self._finish(name, svc, running)
+            return
         image = ctx.image(name)
         self.runtime.ensure_image(name, image, self._image_hint(name))
         if stop.is_set():
@@ -219,7 +261,10 @@ class Stack:
         for other in sorted(svc.seed_after(ctx)):
             self._wait_ready(other, stop)
         svc.seed(ctx, running)
-        ctx.exposed[name] = svc.expose(ctx, running)
+        self._finish(name, svc, running)
+
+    def _finish(self, name: str, svc: Service, running: Running) -> None:
+        self._ctx.exposed[name] = svc.expose(self._ctx, running)
         elapsed = time.monotonic() - running.started_at
         self.timings[name] = elapsed
         self._ready[name].set()
@@ -234,6 +279,9 @@ class Stack:
 
     def _probe_until_ready(self, svc: Service, running: Running, stop: threading.Event) -> None:
         timeout = self.settings.startup_timeout
+        if self.external:
+            # a running service answers at once; do not make a wrong address wait two minutes
+            timeout = min(timeout, EXTERNAL_TIMEOUT)
         deadline = running.started_at + timeout
         next_alive_check = 0.0
         last_error: BaseException | None = None
@@ -246,7 +294,16 @@ class Stack:
             except Exception as exc:
                 last_error = exc
             now = time.monotonic()
-            if now >= next_alive_check:
+            if self.external and now >= deadline:
+                raise ServiceStartTimeout(
+                    svc.name,
+                    f"{svc.name}: nothing answered at {running.host}:"
+                    f"{', '.join(str(p) for p in running.ports.values())} within {timeout:g} s "
+                    f"(external mode, {type(last_error).__name__}: {str(last_error).strip()}). "
+                    f"Start it, or point env {svc.external_env} at it (default "
+                    f"{svc.external_default}).",
+                )
+            if not self.external and now >= next_alive_check:
                 self.runtime.check_alive(running)
                 next_alive_check = now + ALIVE_CHECK_INTERVAL
             if now >= deadline:
@@ -272,7 +329,7 @@ class Stack:
 
     def _as_failure(self, name: str, exc: BaseException) -> ServiceError:
         """Wrap any exception of a service's start into a ServiceError with logs, masked."""
-        image = self._ctx.image(name)
+        image = "external" if self.external else self._ctx.image(name)
         elapsed = ""
         running = self._ctx.running.get(name)
         if running is not None:
@@ -285,7 +342,7 @@ class Stack:
         else:
             text = f"{name} ({image}) failed{elapsed}: {type(exc).__name__}: {str(exc).strip()}"
             kind = ServiceError
-        if running is not None:
+        if running is not None and not self.external:
             logs = self.runtime.logs(name, tail=LOG_TAIL).rstrip()
             shown = "\n".join(f"  | {line}" for line in logs.splitlines()) or "  | (no output)"
             text += f"\nLast {LOG_TAIL} log lines of {name} ({running.container_id[:12]}):\n{shown}"
@@ -301,7 +358,11 @@ class Stack:
     # ---- stop ---------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Remove every container and the network of this stack (idempotent)."""
+        """Remove every container and the network of this stack (idempotent).
+
+        An attached stack (``owned`` False) only closes its clients: its containers belong to
+        the process that started them.
+        """
         if self._closed:
             return
         self._closed = True
@@ -311,7 +372,83 @@ class Stack:
             for value in state.values():
                 with contextlib.suppress(Exception):
                     value.close()
-        self.runtime.close()
+        if self.owned:
+            self.runtime.close()
+        else:
+            self.runtime.detach()
+
+    # ---- sharing: xdist workers and reuse across runs -----------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """What another process needs to attach to this stack (contains its secrets)."""
+        return {
+            "session_id": self.session_id,
+            "network": self.runtime.network_name,
+            "secrets": self.secrets.export(),
+            "services": {
+                name: {
+                    "image": r.image,
+                    "container_id": r.container_id,
+                    "host": r.host,
+                    "ports": {str(k): v for k, v in r.ports.items()},
+                    "internal_host": r.internal_host,
+                }
+                for name, r in self._ctx.running.items()
+                if name in self._ctx.exposed
+            },
+        }
+
+    @classmethod
+    def attach(
+        cls,
+        settings: Settings,
+        state: Mapping[str, Any],
+        *,
+        on_event: Callable[[StackEvent], None] | None = None,
+        owner: Owner | None = None,
+        extra_labels: Mapping[str, str] | None = None,
+    ) -> Stack:
+        """A stack on containers that already run, from :meth:`export` of their owner."""
+        stack = cls(
+            settings,
+            on_event=on_event,
+            session_id=str(state["session_id"]),
+            owner=owner,
+            extra_labels=extra_labels,
+        )
+        stack.owned = False
+        stack._swept = True
+        stack.runtime.use_network(str(state["network"]))
+        stack.secrets.load(state["secrets"])
+        services = state["services"]
+        stack._ctx.services = frozenset(services)
+        now = time.monotonic()
+        for name in registry_mod.start_order(services):
+            info = services[name]
+            running = Running(
+                service=name,
+                image=info["image"],
+                container_id=info["container_id"],
+                host=info["host"],
+                ports={int(k): int(v) for k, v in info["ports"].items()},
+                internal_host=info["internal_host"],
+                started_at=now,
+            )
+            stack._ctx.running[name] = running
+            stack._ctx.exposed[name] = stack._registry[name].expose(stack._ctx, running)
+            stack._ready[name] = threading.Event()
+            stack._ready[name].set()
+        return stack
+
+    def verify(self) -> list[str]:
+        """Services of an attached stack that no longer answer their readiness probe."""
+        dead = []
+        for name, running in self._ctx.running.items():
+            try:
+                self._registry[name].probe(self._ctx, running)
+            except Exception:
+                dead.append(name)
+        return dead
 
 
 __all__ = ["Stack", "StackEvent"]

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +139,9 @@ def docker_client(timeout: float = 60.0) -> docker.DockerClient:
 
 
 def _short(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)  # docker.errors.APIError: the engine's words
+    if explanation:
+        return f"{type(exc).__name__}: {explanation}"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
@@ -146,9 +149,15 @@ def _short(exc: BaseException) -> str:
 class DockerRuntime:
     """Starts :class:`ContainerSpec` objects as labelled containers on one private network."""
 
-    def __init__(self, session_id: str, owner: Owner | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        owner: Owner | None = None,
+        extra_labels: Mapping[str, str] | None = None,
+    ) -> None:
         self.session_id = session_id
         self.owner = owner or Owner.current()
+        self.extra_labels = dict(extra_labels or {})
         self._client: docker.DockerClient | None = None
         self._network: Any = None  # testcontainers Network
         self._containers: dict[str, Any] = {}  # service -> testcontainers DockerContainer
@@ -166,7 +175,11 @@ class DockerRuntime:
         return str(self.client.version().get("Version", "unknown"))
 
     def labels(self, service: str | None = None) -> dict[str, str]:
-        labels = {LABEL_SESSION: self.session_id, LABEL_OWNER: self.owner.label()}
+        labels = {
+            **self.extra_labels,
+            LABEL_SESSION: self.session_id,
+            LABEL_OWNER: self.owner.label(),
+        }
         if service is not None:
             labels[LABEL_SERVICE] = service
         return labels
@@ -187,6 +200,26 @@ class DockerRuntime:
             network.name = self.network_name
             network.create()
             self._network = network
+
+    def use_network(self, name: str) -> None:
+        """Start further containers on an existing network (a stack attached to, not owned)."""
+
+        @dataclass
+        class _Existing:
+            name: str
+
+            def remove(self) -> None:
+                pass
+
+        self._network = _Existing(name)
+
+    def detach(self) -> None:
+        """Forget the containers without removing them; close the client."""
+        self._containers.clear()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
 
     # ---- containers ---------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from functools import cache
 
 from ..errors import ConfigError
 from ..settings import Settings
-from .base import Isolation, Service, StackContext, TestScope
+from .base import ExternalTarget, Isolation, Service, StackContext, TestScope
 
 #: service modules, in the order services are listed to users
 _MODULES = (
@@ -114,6 +114,7 @@ def start_order(selected: Iterable[str]) -> list[str]:
 
 
 __all__ = [
+    "ExternalTarget",
     "Isolation",
     "Service",
     "StackContext",

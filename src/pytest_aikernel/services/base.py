@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
+from urllib.parse import SplitResult, urlsplit
 
+from ..errors import ConfigError
 from ..runtime import ContainerSpec, Running
 from ..secrets import SecretStore, mask_value
 from ..settings import Settings
@@ -46,6 +48,30 @@ class Isolation:
     doc: str
     #: (the service's public object, the test's scope) -> context manager of the fixture value
     make: Callable[[Any, TestScope], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class ExternalTarget:
+    """Where an already running server is (external mode) and the credentials it takes."""
+
+    host: str
+    #: the port the official image would listen on -> the port the server really has
+    ports: Mapping[int, int]
+    #: secret name (as used by the service module) -> value
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+
+def external_url(env: Mapping[str, str], name: str, default: str) -> SplitResult:
+    """The URL in env var ``name`` (or ``default``), parsed; ConfigError names the variable."""
+    text = env.get(name, "").strip() or default
+    try:
+        url = urlsplit(text if "://" in text else "tcp://" + text)
+        url.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ConfigError(f"env {name}: {text!r} is not a valid address ({exc})") from None
+    if not url.hostname:
+        raise ConfigError(f"env {name}: {text!r} has no host")
+    return url
 
 
 @dataclass
@@ -121,6 +147,22 @@ class Service(ABC):
     def vault_entry(self, ctx: StackContext, running: Running) -> Mapping[str, Any] | None:
         """What this service stores under ``secret/aikernel/<name>`` in Vault (None: nothing)."""
         return None
+
+    #: the env var naming an already running server in external mode, and its default (the
+    #: infrastructure README's development stack)
+    external_env: ClassVar[str] = ""
+    external_default: ClassVar[str] = ""
+
+    def external(self, env: Mapping[str, str]) -> ExternalTarget:
+        """Where the server is in external mode (host port for each container port)."""
+        url = external_url(env, self.external_env, self.external_default)
+        port = url.port or self.ports[0]
+        return ExternalTarget(host=str(url.hostname), ports={self.ports[0]: port})
+
+    def external_exports(self, obj: Any) -> dict[str, str]:
+        """Env vars that point external mode at this service's public object ``obj``."""
+        url = getattr(obj, "url", None) or f"{obj.host}:{obj.port}"
+        return {self.external_env: str(url)}
 
     def metrics(self, ctx: StackContext) -> MetricsEndpoint | None:
         """The service's Prometheus metrics endpoint, if it has one (scraped by Prometheus)."""

@@ -161,6 +161,9 @@ class Elasticsearch(Service):
     were created.
     """
 
+    external_env = "AIKERNEL_ELASTICSEARCH_URL"
+    external_default = "http://127.0.0.1:9200"
+
     def validate(self, settings: Settings) -> None:
         for path in settings.elasticsearch_init:
             load_init(path)
@@ -197,6 +200,8 @@ class Elasticsearch(Service):
                 for name, body in content[key].items():
                     target = f"{base}/{prefix}/{name}" if prefix else f"{base}/{name}"
                     response = _http.request("PUT", target, body, timeout=30)
+                    if key == "indices" and "resource_already_exists" in _http.reason(response):
+                        continue  # seeding is idempotent (external mode seeds a running server)
                     if not response.ok:
                         raise SeedError(
                             self.name,
@@ -219,6 +224,8 @@ class Kibana(Service):
     # Kibana waits for Elasticsearch by itself: its (slow) start overlaps Elasticsearch's
     requires = ("elasticsearch",)
     ports = (KIBANA_PORT,)
+    external_env = "AIKERNEL_KIBANA_URL"
+    external_default = "http://127.0.0.1:5601"
     ready_log = "Kibana is now available"
     fixture_doc = """Kibana 8 of the aikernel stack, connected to its Elasticsearch (session).
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import quote, unquote
 
 from .. import _http
 from ..runtime import ContainerSpec, Running
-from .base import MaskedRepr, MetricsEndpoint, Service, StackContext, endpoint_entry
+from .base import (
+    ExternalTarget,
+    MaskedRepr,
+    MetricsEndpoint,
+    Service,
+    StackContext,
+    endpoint_entry,
+    external_url,
+)
 
 PORT = 3000
 USER = "admin"
@@ -91,6 +101,21 @@ class Grafana(Service):
     default_image = "grafana/grafana:10.2.3"
     requires = ("prometheus",)
     ports = (PORT,)
+    external_env = "AIKERNEL_GRAFANA_URL"
+    external_default = "http://admin:aikernel_dev_password@127.0.0.1:3000"
+
+    def external(self, env: Mapping[str, str]) -> ExternalTarget:
+        url = external_url(env, self.external_env, self.external_default)
+        return ExternalTarget(
+            host=str(url.hostname),
+            ports={PORT: url.port or PORT},
+            secrets={"grafana.password": unquote(url.password or "")},
+        )
+
+    def external_exports(self, obj: Any) -> dict[str, str]:
+        auth = f"{quote(obj.user, safe='')}:{quote(obj.password, safe='')}@"
+        return {self.external_env: f"http://{auth}{obj.host}:{obj.port}"}
+
     ready_log = "HTTP Server Listen"
     fixture_doc = """Grafana 10 with data sources provisioned from the aikernel stack (session).
 

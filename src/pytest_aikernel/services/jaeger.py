@@ -7,13 +7,21 @@ serve, rather than the admin health port, which moved between them.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from .. import _http
 from ..runtime import ContainerSpec, Running
-from .base import MetricsEndpoint, Service, StackContext, endpoint_entry
+from .base import (
+    ExternalTarget,
+    MetricsEndpoint,
+    Service,
+    StackContext,
+    endpoint_entry,
+    external_url,
+)
 
 UI = 16686
 OTLP_GRPC = 4317
@@ -83,6 +91,29 @@ class Jaeger(Service):
     name = "jaeger"
     default_image = "jaegertracing/all-in-one:1.50"
     ports = (UI, OTLP_GRPC, OTLP_HTTP)
+    external_env = "AIKERNEL_JAEGER_URL"
+    external_default = "http://127.0.0.1:16686"
+
+    def external(self, env: Mapping[str, str]) -> ExternalTarget:
+        ui = external_url(env, self.external_env, self.external_default)
+        grpc = external_url(env, "AIKERNEL_JAEGER_OTLP_GRPC", "http://127.0.0.1:4317")
+        http = external_url(env, "AIKERNEL_JAEGER_OTLP_HTTP", "http://127.0.0.1:4318")
+        return ExternalTarget(
+            host=str(ui.hostname),
+            ports={
+                UI: ui.port or UI,
+                OTLP_GRPC: grpc.port or OTLP_GRPC,
+                OTLP_HTTP: http.port or OTLP_HTTP,
+            },
+        )
+
+    def external_exports(self, obj: Any) -> dict[str, str]:
+        return {
+            self.external_env: obj.ui_url,
+            "AIKERNEL_JAEGER_OTLP_GRPC": obj.otlp_grpc_endpoint,
+            "AIKERNEL_JAEGER_OTLP_HTTP": obj.otlp_http_endpoint,
+        }
+
     ready_log = "Query server started"
     fixture_doc = """Jaeger all-in-one 1.50 with OTLP enabled, in memory (session scope).
 

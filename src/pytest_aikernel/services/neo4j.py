@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, unquote
 
 from .._sql import split_cypher
-from ..errors import SeedError
+from ..errors import ConfigError, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD
-from .base import Isolation, MaskedRepr, Service, StackContext, TestScope, endpoint_entry
+from .base import (
+    ExternalTarget,
+    Isolation,
+    MaskedRepr,
+    Service,
+    StackContext,
+    TestScope,
+    endpoint_entry,
+    external_url,
+)
 
 if TYPE_CHECKING:
     import neo4j
@@ -134,6 +144,27 @@ class Neo4j(Service):
     ``password`` and ``driver()`` (a ``neo4j.Driver``). Cypher files of
     --aikernel-neo4j-init ran in order.
     """
+
+    external_env = "AIKERNEL_NEO4J_URL"
+    external_default = "bolt://neo4j:aikernel_dev_password@127.0.0.1:7687"
+
+    def external(self, env: Mapping[str, str]) -> ExternalTarget:
+        bolt = external_url(env, self.external_env, self.external_default)
+        http = external_url(env, "AIKERNEL_NEO4J_HTTP_URL", "http://127.0.0.1:7474")
+        if bolt.username and unquote(bolt.username) != USER:
+            raise ConfigError(f"env {self.external_env}: external mode connects as {USER!r}")
+        return ExternalTarget(
+            host=str(bolt.hostname),
+            ports={BOLT: bolt.port or BOLT, HTTP: http.port or HTTP},
+            secrets={"neo4j.password": unquote(bolt.password or "")},
+        )
+
+    def external_exports(self, obj: Any) -> dict[str, str]:
+        auth = f"{quote(obj.user, safe='')}:{quote(obj.password, safe='')}@"
+        return {
+            self.external_env: f"bolt://{auth}{obj.host}:{obj.bolt_port}",
+            "AIKERNEL_NEO4J_HTTP_URL": obj.http_url,
+        }
 
     def container(self, ctx: StackContext) -> ContainerSpec:
         heap = ctx.settings.neo4j_heap

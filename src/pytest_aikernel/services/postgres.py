@@ -16,19 +16,28 @@ import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from .._sql import MetaCommand, Statement, split_sql
-from ..errors import ReplicationTimeout, SeedError
+from ..errors import ConfigError, ReplicationTimeout, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD
-from .base import Isolation, MaskedRepr, Service, StackContext, TestScope, endpoint_entry
+from .base import (
+    ExternalTarget,
+    Isolation,
+    MaskedRepr,
+    Service,
+    StackContext,
+    TestScope,
+    endpoint_entry,
+    external_url,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -281,10 +290,26 @@ def _one_clone(pg: PostgresService, scope: TestScope, dbname: str) -> Iterator[A
         yield clone(dbname)
 
 
+def _external_postgres(env: Mapping[str, str], name: str, default: str) -> ExternalTarget:
+    url = external_url(env, name, default)
+    if url.username and unquote(url.username) != USER:
+        raise ConfigError(
+            f"env {name}: external mode connects as {USER!r} (the platform's user), not "
+            f"{unquote(url.username)!r}"
+        )
+    return ExternalTarget(
+        host=str(url.hostname),
+        ports={PORT: url.port or PORT},
+        secrets={"postgres.password": unquote(url.password or "")},
+    )
+
+
 class Postgres(Service):
     name = "postgres"
     default_image = "postgres:15"
     ports = (PORT,)
+    external_env = "AIKERNEL_POSTGRES_URL"
+    external_default = "postgresql://aikernel:aikernel_dev_password@127.0.0.1:5432/aikernel_catalog"
     ready_log = "database system is ready to accept connections"
     fixture_doc = """PostgreSQL 15 primary of the aikernel stack (session scope).
 
@@ -319,6 +344,12 @@ class Postgres(Service):
             _cloned_databases,
         ),
     )
+
+    def external(self, env: Mapping[str, str]) -> ExternalTarget:
+        return _external_postgres(env, self.external_env, self.external_default)
+
+    def external_exports(self, obj: Any) -> dict[str, str]:
+        return {self.external_env: obj.dsn()}
 
     def container(self, ctx: StackContext) -> ContainerSpec:
         return ContainerSpec(
@@ -375,7 +406,10 @@ class Postgres(Service):
         with _probe_connect(USER, password, running, "postgres") as conn:
             for db in DATABASES:
                 template = db + TEMPLATE_SUFFIX
-                conn.execute(f'DROP DATABASE IF EXISTS "{template}"')
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,))
+                if exists.fetchone() is not None:  # seeding again (external mode): refresh it
+                    conn.execute(f'ALTER DATABASE "{template}" IS_TEMPLATE false')
+                    conn.execute(f'DROP DATABASE "{template}" WITH (FORCE)')
                 conn.execute(f'CREATE DATABASE "{template}" TEMPLATE "{db}"')
                 conn.execute(
                     f'ALTER DATABASE "{template}" IS_TEMPLATE true ALLOW_CONNECTIONS false'
@@ -457,6 +491,8 @@ class PostgresReplica(Service):
     image_from = "postgres"
     depends_on = ("postgres",)
     ports = (PORT,)
+    external_env = "AIKERNEL_POSTGRES_REPLICA_URL"
+    external_default = "postgresql://aikernel:aikernel_dev_password@127.0.0.1:5433/aikernel_catalog"
     ready_log = "started streaming WAL"
     fixture_doc = """Streaming read-only replica of the aikernel PostgreSQL primary (session scope).
 
@@ -464,6 +500,12 @@ class PostgresReplica(Service):
     with ``wait_for_replication(timeout=10.0)``: returns once the replica has replayed what the
     primary had written at the call.
     """
+
+    def external(self, env: Mapping[str, str]) -> ExternalTarget:
+        return _external_postgres(env, self.external_env, self.external_default)
+
+    def external_exports(self, obj: Any) -> dict[str, str]:
+        return {self.external_env: obj.dsn()}
 
     def container(self, ctx: StackContext) -> ContainerSpec:
         return ContainerSpec(

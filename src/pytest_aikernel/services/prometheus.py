@@ -124,6 +124,8 @@ class Prometheus(Service):
     name = "prometheus"
     default_image = "prom/prometheus:v2.47.2"
     ports = (PORT,)
+    external_env = "AIKERNEL_PROMETHEUS_URL"
+    external_default = "http://127.0.0.1:9090"
     ready_log = "Server is ready to receive web requests."
     fixture_doc = """Prometheus 2.47 scraping the aikernel stack every second (session scope).
 

@@ -6,14 +6,23 @@ turns protected mode off and binds every interface), persistence off.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from ..runtime import ContainerSpec, Running
-from .base import Isolation, MaskedRepr, Service, StackContext, TestScope, endpoint_entry
+from .base import (
+    ExternalTarget,
+    Isolation,
+    MaskedRepr,
+    Service,
+    StackContext,
+    TestScope,
+    endpoint_entry,
+    external_url,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -40,7 +49,8 @@ class RedisService(MaskedRepr):
         return self.url_for(0)
 
     def url_for(self, db: int = 0) -> str:
-        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/{db}"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/{db}"
 
     @property
     def internal_url(self) -> str:
@@ -54,7 +64,9 @@ class RedisService(MaskedRepr):
         import redis
 
         params: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, **kwargs}
-        return redis.Redis(host=self.host, port=self.port, password=self.password, db=db, **params)
+        return redis.Redis(
+            host=self.host, port=self.port, password=self.password or None, db=db, **params
+        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -101,7 +113,7 @@ def _probe_client(ctx: StackContext, running: Running) -> redis.Redis:
     return redis.Redis(
         host=running.host,
         port=running.host_port(PORT),
-        password=ctx.secrets.get("redis.password"),
+        password=ctx.secrets.get("redis.password") or None,
         socket_timeout=2,
         socket_connect_timeout=2,
         # one attempt per probe: the stack polls every 50 ms, the client must not back off
@@ -109,10 +121,21 @@ def _probe_client(ctx: StackContext, running: Running) -> redis.Redis:
     )
 
 
+def _external_redis(env: Mapping[str, str], name: str, default: str) -> ExternalTarget:
+    url = external_url(env, name, default)
+    return ExternalTarget(
+        host=str(url.hostname),
+        ports={PORT: url.port or PORT},
+        secrets={"redis.password": unquote(url.password or "")},
+    )
+
+
 class Redis(Service):
     name = "redis"
     default_image = "redis:7"
     ports = (PORT,)
+    external_env = "AIKERNEL_REDIS_URL"
+    external_default = "redis://127.0.0.1:6379/0"
     isolations = (
         Isolation(
             "aikernel_redis_db",
@@ -130,6 +153,9 @@ class Redis(Service):
     Returns a :class:`pytest_aikernel.RedisService`: ``host``, ``port``, ``password``, ``url``
     and ``client(db=0, **kw)`` returning ``redis.Redis``.
     """
+
+    def external(self, env: Mapping[str, str]) -> ExternalTarget:
+        return _external_redis(env, self.external_env, self.external_default)
 
     def container(self, ctx: StackContext) -> ContainerSpec:
         return ContainerSpec(
@@ -169,6 +195,12 @@ class RedisReplica(Service):
     image_from = "redis"
     depends_on = ("redis",)
     ports = (PORT,)
+    external_env = "AIKERNEL_REDIS_REPLICA_URL"
+    external_default = "redis://127.0.0.1:6380/0"
+
+    def external(self, env: Mapping[str, str]) -> ExternalTarget:
+        return _external_redis(env, self.external_env, self.external_default)
+
     ready_log = "MASTER <-> REPLICA sync: Finished with success"
     fixture_doc = """Redis 7 replica (``--replicaof`` the aikernel master, read-only, session).
 

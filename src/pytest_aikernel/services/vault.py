@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import ConfigError, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
-from .base import Isolation, MaskedRepr, MetricsEndpoint, Service, StackContext, TestScope
+from .base import (
+    ExternalTarget,
+    Isolation,
+    MaskedRepr,
+    MetricsEndpoint,
+    Service,
+    StackContext,
+    TestScope,
+    external_url,
+)
 
 if TYPE_CHECKING:
     import hvac
@@ -220,6 +229,19 @@ class Vault(Service):
     --aikernel-vault-seed file adds kv, policies, approles and transit_keys.
     """
 
+    external_env = "AIKERNEL_VAULT_ADDR"
+    external_default = "http://127.0.0.1:8200"
+
+    def external(self, env: Mapping[str, str]) -> ExternalTarget:
+        url = external_url(env, self.external_env, self.external_default)
+        token = env.get("AIKERNEL_VAULT_TOKEN", "").strip() or "aikernel-dev-token"
+        return ExternalTarget(
+            host=str(url.hostname), ports={PORT: url.port or PORT}, secrets={"vault.token": token}
+        )
+
+    def external_exports(self, obj: Any) -> dict[str, str]:
+        return {self.external_env: obj.url, "AIKERNEL_VAULT_TOKEN": obj.token}
+
     def validate(self, settings: Settings) -> None:
         if settings.vault_seed is not None:
             load_seed(settings.vault_seed)
@@ -311,8 +333,9 @@ class Vault(Service):
             )
         for name, policy in seed.policies.items():
             step("policies", name, client.sys.create_or_update_policy, name=name, policy=policy)
-        if seed.approles:
+        if seed.approles and "approle/" not in client.sys.list_auth_methods():
             step("approles", "approle/", client.sys.enable_auth_method, method_type="approle")
+        if seed.approles:
             for name, params in seed.approles.items():
                 step(
                     "approles",
@@ -321,10 +344,11 @@ class Vault(Service):
                     role_name=name,
                     **params,
                 )
-        if seed.transit_keys:
+        if seed.transit_keys and "transit/" not in client.sys.list_mounted_secrets_engines():
             step(
                 "transit_keys", "transit/", client.sys.enable_secrets_engine, backend_type="transit"
             )
+        if seed.transit_keys:
             for key in seed.transit_keys:
                 step("transit_keys", key, client.secrets.transit.create_key, name=key)
 

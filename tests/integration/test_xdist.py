@@ -1,0 +1,107 @@
+"""One stack for all pytest-xdist workers, and reuse of a stack across runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import docker
+import pytest
+
+from .conftest import containers_of, networks_of
+
+WORKER_TESTS = """
+import json, os, pathlib, uuid
+import docker, pytest
+
+@pytest.mark.aikernel_stack("postgres", "redis", "vault")
+@pytest.mark.parametrize("i", range(12))
+def test_worker(aikernel_stack, aikernel_pg, aikernel_redis_db, aikernel_vault_path, i):
+    client = docker.from_env()
+    found = client.containers.list(
+        all=True, filters={"label": "pytest-aikernel.session=" + aikernel_stack.session_id})
+    seen = {c.labels["pytest-aikernel.service"]: c.id for c in found}
+    client.close()
+    # no test sees another's data
+    assert aikernel_pg.execute("SELECT count(*) FROM catalog.resources").fetchone() == (1,)
+    aikernel_pg.execute("INSERT INTO catalog.resources (name) VALUES (%s)", (str(i),))
+    aikernel_pg.commit()
+    assert aikernel_redis_db.dbsize() == 0
+    aikernel_redis_db.set("mine", i)
+    aikernel_vault_path.write("x", i=i)
+    out = pathlib.Path(os.environ["AIKERNEL_TEST_OUT"]) / f"{uuid.uuid4().hex}.json"
+    out.write_text(json.dumps({"worker": os.environ.get("PYTEST_XDIST_WORKER"),
+                               "session": aikernel_stack.session_id, "containers": seen}))
+"""
+
+
+def run_workers(pytester: pytest.Pytester, out: Path, *args: str) -> pytest.RunResult:
+    out.mkdir(exist_ok=True)
+    pytester.makepyfile(test_workers=WORKER_TESTS)
+    pytester.path.joinpath("catalog.sql").write_text(
+        "CREATE TABLE catalog.resources (name text); INSERT INTO catalog.resources VALUES ('s');"
+    )
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "4", "--aikernel-postgres-init=catalog.sql", *args,
+        timeout=600,
+    )
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in out.glob("*.json")]
+
+
+def test_four_workers_share_one_stack(
+    pytester: pytest.Pytester, docker_api: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = pytester.path / "out"
+    monkeypatch.setenv("AIKERNEL_TEST_OUT", str(out))
+    result = run_workers(pytester, out)
+    result.assert_outcomes(passed=12)
+    seen = records(out)
+    assert len({r["worker"] for r in seen}) == 4
+    sessions = {r["session"] for r in seen}
+    assert len(sessions) == 1
+    ids: dict[str, set[str]] = {}
+    for r in seen:
+        for service, cid in r["containers"].items():
+            ids.setdefault(service, set()).add(cid)
+    assert sorted(ids) == ["postgres", "redis", "vault"]
+    assert all(len(v) == 1 for v in ids.values()), f"each container made once: {ids}"
+    session = sessions.pop()
+    assert containers_of(docker_api, session) == {}
+    assert networks_of(docker_api, session) == []
+
+
+def test_reuse_attaches_to_the_same_stack_and_down_removes_it(
+    pytester: pytest.Pytester, docker_api: docker.DockerClient, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    out = pytester.path / "out"
+    monkeypatch.setenv("AIKERNEL_TEST_OUT", str(out))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = run_workers(pytester, out, "--aikernel-reuse")
+    first.assert_outcomes(passed=12)
+    first_ids = {cid for r in records(out) for cid in r["containers"].values()}
+    session = records(out)[0]["session"]
+    assert set(containers_of(docker_api, session)) == {"postgres", "redis", "vault"}
+    try:
+        for p in out.glob("*.json"):
+            p.unlink()
+        second = run_workers(pytester, out, "--aikernel-reuse")
+        second.assert_outcomes(passed=12)
+        assert {cid for r in records(out) for cid in r["containers"].values()} == first_ids
+        # a dead container makes the stack untrusted: it is replaced
+        docker_api.containers.get(next(iter(first_ids))).kill()
+        for p in out.glob("*.json"):
+            p.unlink()
+        third = run_workers(pytester, out, "--aikernel-reuse")
+        third.assert_outcomes(passed=12)
+        assert not first_ids & {cid for r in records(out) for cid in r["containers"].values()}
+        assert containers_of(docker_api, session) == {}
+    finally:
+        down = pytester.run(sys.executable, "-m", "pytest_aikernel", "down", timeout=120)
+        assert down.ret == 0, down.stderr.str()
+    for r in records(out):
+        assert containers_of(docker_api, r["session"]) == {}
