@@ -8,8 +8,8 @@ see --services), then enters and leaves each fixture's context N times, the way 
 each test, doing one small write inside so that the cleanup has something to remove. Prints the
 median, 95th percentile and mean cost per test of each fixture, and their sum (what a test that
 used every fixture would pay). Targets: postgres clone <= 50 ms; all together <= 100 ms.
-The postgres template is the seeded one (the project's tests/integration/data/*.sql unless
---no-seed).
+The postgres template is the seeded one (bundled init plus the project's
+tests/integration/data/*.sql).
 """
 
 from __future__ import annotations
@@ -107,10 +107,9 @@ def main() -> int:
         default="postgres,redis,vault,kafka,elasticsearch,neo4j",
         help="services to include (comma-separated)",
     )
-    parser.add_argument("--no-seed", action="store_true", help="bundled init only")
     args = parser.parse_args()
     wanted = [s.strip() for s in args.services.split(",") if s.strip()]
-    stack = Stack(settings(not args.no_seed))
+    stack = Stack(settings(seed=True))
     began = time.monotonic()
     try:
         stack.start(wanted)

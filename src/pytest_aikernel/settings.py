@@ -58,7 +58,7 @@ OPTIONS: tuple[Option, ...] = (
         help="use IMAGE for SERVICE instead of its official default image (repeatable; "
         "ini: one SERVICE=IMAGE per line; env: AIKERNEL_IMAGE_POSTGRES_REPLICA=..., "
         "service upper case with '-' as '_'). Replicas use their primary's image unless set.",
-        default="official images, pinned (postgres:15, redis:7, hashicorp/vault:1.15)",
+        default="each service's official image, pinned (docs/services.md)",
         repeatable=True,
     ),
     Option(
@@ -67,7 +67,8 @@ OPTIONS: tuple[Option, ...] = (
         ini="aikernel_startup_timeout",
         env="AIKERNEL_STARTUP_TIMEOUT",
         metavar="SECONDS",
-        help="how long each service may take from container start to ready and seeded",
+        help="how long each service's readiness probe may take to pass, from its container "
+        "start (external mode: at most 10 s)",
         default="120",
     ),
     Option(
@@ -285,7 +286,7 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("aikernel", "pytest-aikernel: the AI Kernel infrastructure stack")
     for opt in OPTIONS:
         env = f" [env {opt.env}]"
-        text = f"{opt.help}. Default: {opt.default}.{env}"
+        text = f"{opt.help.rstrip('.')}. Default: {opt.default}.{env}"
         if opt.flag:
             group.addoption(
                 opt.cli,

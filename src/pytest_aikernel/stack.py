@@ -197,7 +197,7 @@ class Stack:
         pool.shutdown(wait=True)
         if failures:
             self.stop()
-            raise StackStartError(failures)
+            raise StackStartError(failures, external=self.external)
         if grown:
             added = frozenset(new)
             for name in grown:

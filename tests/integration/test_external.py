@@ -39,7 +39,9 @@ def test_external_mode_uses_running_services_and_seeds_only_when_asked(
         f"""
 import docker, hvac, pytest
 
-def test_external(aikernel_postgres, aikernel_redis, aikernel_vault, aikernel_pg, aikernel_redis_db):
+@pytest.mark.aikernel_stack("postgres", "redis", "vault")
+def test_external(aikernel_stack, aikernel_postgres, aikernel_redis, aikernel_vault, aikernel_pg,
+                  aikernel_redis_db):
     assert (aikernel_postgres.host, aikernel_postgres.port) == ("127.0.0.1", {running_stack["postgres"].port})
     with aikernel_postgres.connect() as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -50,12 +52,17 @@ def test_external(aikernel_postgres, aikernel_redis, aikernel_vault, aikernel_pg
         path="aikernel/external", mount_point="secret", raise_on_deleted_version=True
     )["data"]["data"] == {{"seeded": "yes"}}
     # nothing was started: no container of this session exists
-    found = docker.from_env().containers.list(all=True, filters={{"label": "pytest-aikernel.session"}})
-    assert {{c.labels["pytest-aikernel.session"] for c in found}} == {{"{running_stack.session_id}"}}
+    found = docker.from_env().containers.list(
+        all=True, filters={{"label": "pytest-aikernel.session=" + aikernel_stack.session_id}})
+    assert found == []
+    assert aikernel_stack.running("redis").container_id == ""
 """
     )
     pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--aikernel-seed-external", "--aikernel-vault-seed=seed.yaml",
+        "-p",
+        "no:cacheprovider",
+        "--aikernel-seed-external",
+        "--aikernel-vault-seed=seed.yaml",
         timeout=300,
     ).assert_outcomes(passed=1)
     # without --aikernel-seed-external nothing is written; the earlier seed is still there
@@ -74,11 +81,16 @@ def test_external_service_that_does_not_answer_names_the_env_var(
     monkeypatch.setenv("AIKERNEL_REDIS_URL", f"redis://127.0.0.1:{port}/0")
     pytester.makepyfile("def test_x(aikernel_redis):\n    pass\n")
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--aikernel-mode=external", "--aikernel-startup-timeout=2",
+        "-p",
+        "no:cacheprovider",
+        "--aikernel-mode=external",
+        "--aikernel-startup-timeout=2",
         timeout=120,
     )
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([
-        f"redis: nothing answered at 127.0.0.1:{port} within 2 s (external mode*"
-        "point env AIKERNEL_REDIS_URL at it (default redis://127.0.0.1:6379/0)*"
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"redis: nothing answered at 127.0.0.1:{port} within 2 s (external mode*"
+            "point env AIKERNEL_REDIS_URL at it (default redis://127.0.0.1:6379/0)*"
+        ]
+    )

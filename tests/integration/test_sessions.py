@@ -189,6 +189,9 @@ def test_leftovers_of_a_killed_session_are_swept_by_the_next_one(
 import time
 from helper import record
 
+import pytest
+
+@pytest.mark.aikernel_stack("redis")
 def test_hang(aikernel_stack, aikernel_redis):
     record(aikernel_stack)
     time.sleep(300)

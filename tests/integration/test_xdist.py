@@ -43,7 +43,12 @@ def run_workers(pytester: pytest.Pytester, out: Path, *args: str) -> pytest.RunR
         "CREATE TABLE catalog.resources (name text); INSERT INTO catalog.resources VALUES ('s');"
     )
     return pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-n", "4", "--aikernel-postgres-init=catalog.sql", *args,
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "4",
+        "--aikernel-postgres-init=catalog.sql",
+        *args,
         timeout=600,
     )
 
@@ -75,7 +80,9 @@ def test_four_workers_share_one_stack(
 
 
 def test_reuse_attaches_to_the_same_stack_and_down_removes_it(
-    pytester: pytest.Pytester, docker_api: docker.DockerClient, monkeypatch: pytest.MonkeyPatch,
+    pytester: pytest.Pytester,
+    docker_api: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     out = pytester.path / "out"

@@ -299,3 +299,10 @@ def test_data_service_setting_errors(tmp_path: Path, cli, needle) -> None:
     with pytest.raises(ConfigError) as info:
         resolve(raw(tmp_path, cli=cli), KNOWN)
     assert needle in str(info.value)
+
+
+def test_configuration_reference_names_every_option() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    for opt in OPTIONS:
+        for name in (opt.cli, opt.ini, opt.env):
+            assert name in text, f"docs/configuration.md does not mention {name}"

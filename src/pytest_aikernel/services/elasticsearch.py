@@ -22,7 +22,7 @@ from .base import Isolation, Service, StackContext, TestScope, endpoint_entry
 if TYPE_CHECKING:
     import elasticsearch
 
-VERSION = "8.15.5"
+VERSION = "8.17.4"
 PORT = 9200
 KIBANA_PORT = 5601
 DATA = "/usr/share/elasticsearch/data"

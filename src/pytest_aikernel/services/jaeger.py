@@ -1,7 +1,7 @@
 """Jaeger all-in-one 1.50 with OTLP on, in-memory storage.
 
-Readiness uses the query API (``GET /api/services`` on 16686), which Jaeger 1.x and 2.x both
-serve, rather than the admin health port, which moved between them.
+Readiness uses the admin health check (``GET :14269/``), which 1.50 serves and the 2.x stand-in
+is configured to serve too: in 2.x the query API answers before the OTLP receivers accept spans.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class JaegerService:
     otlp_grpc_port: int
     otlp_http_port: int
     internal_host: str
+    admin_port: int = ADMIN
 
     @property
     def ui_url(self) -> str:
@@ -90,7 +91,7 @@ class JaegerService:
 class Jaeger(Service):
     name = "jaeger"
     default_image = "jaegertracing/all-in-one:1.50"
-    ports = (UI, OTLP_GRPC, OTLP_HTTP)
+    ports = (UI, OTLP_GRPC, OTLP_HTTP, ADMIN)
     external_env = "AIKERNEL_JAEGER_URL"
     external_default = "http://127.0.0.1:16686"
 
@@ -98,12 +99,14 @@ class Jaeger(Service):
         ui = external_url(env, self.external_env, self.external_default)
         grpc = external_url(env, "AIKERNEL_JAEGER_OTLP_GRPC", "http://127.0.0.1:4317")
         http = external_url(env, "AIKERNEL_JAEGER_OTLP_HTTP", "http://127.0.0.1:4318")
+        admin = external_url(env, "AIKERNEL_JAEGER_ADMIN_URL", "http://127.0.0.1:14269")
         return ExternalTarget(
             host=str(ui.hostname),
             ports={
                 UI: ui.port or UI,
                 OTLP_GRPC: grpc.port or OTLP_GRPC,
                 OTLP_HTTP: http.port or OTLP_HTTP,
+                ADMIN: admin.port or ADMIN,
             },
         )
 
@@ -112,6 +115,7 @@ class Jaeger(Service):
             self.external_env: obj.ui_url,
             "AIKERNEL_JAEGER_OTLP_GRPC": obj.otlp_grpc_endpoint,
             "AIKERNEL_JAEGER_OTLP_HTTP": obj.otlp_http_endpoint,
+            "AIKERNEL_JAEGER_ADMIN_URL": f"http://{obj.host}:{obj.admin_port}",
         }
 
     ready_log = "Query server started"
@@ -125,14 +129,16 @@ class Jaeger(Service):
         return ContainerSpec(
             image=ctx.image(self.name),
             env={"COLLECTOR_OTLP_ENABLED": "true"},
-            ports=(UI, OTLP_GRPC, OTLP_HTTP),
+            ports=(UI, OTLP_GRPC, OTLP_HTTP, ADMIN),
         )
 
     def probe(self, ctx: StackContext, running: Running) -> None:
-        url = f"http://{running.host}:{running.host_port(UI)}/api/services"
+        # the admin health check (1.x's :14269/, kept by the 2.x stand-in's configuration): in
+        # 2.x the query API answers before the OTLP receivers accept spans
+        url = f"http://{running.host}:{running.host_port(ADMIN)}/"
         response = _http.request("GET", url, timeout=2)
         if not response.ok:
-            raise RuntimeError(f"/api/services: HTTP {response.status}")
+            raise RuntimeError(f"admin health {ADMIN}/: HTTP {response.status}")
 
     def metrics(self, ctx: StackContext) -> MetricsEndpoint:
         return MetricsEndpoint(ADMIN)
@@ -144,6 +150,7 @@ class Jaeger(Service):
             otlp_grpc_port=running.host_port(OTLP_GRPC),
             otlp_http_port=running.host_port(OTLP_HTTP),
             internal_host=running.internal_host,
+            admin_port=running.host_port(ADMIN),
         )
 
     def vault_entry(self, ctx: StackContext, running: Running) -> dict[str, Any]:

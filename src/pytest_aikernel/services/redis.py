@@ -76,17 +76,33 @@ class RedisReplicaService(RedisService):
     master: RedisService | None = field(default=None)
 
     def wait_for_replication(self, timeout: float = 10.0) -> None:
-        """Return once the replica has acknowledged every write the master had at the call."""
+        """Return once the replica has processed everything the master had at the call.
+
+        Compares replication offsets (``INFO replication``); Redis ``WAIT`` is not used, since
+        from 7.2 on it returns at once on a connection that wrote nothing itself.
+        """
         if self.master is None:
             raise ValueError("this replica object has no master")
+        import time
+
         from ..errors import ReplicationTimeout
 
         with self.master.client() as master:
-            acked = master.wait(1, int(timeout * 1000))
-        if int(acked) < 1:
-            raise ReplicationTimeout(
-                f"redis-replica: did not acknowledge the master's writes within {timeout:.1f} s"
-            )
+            target = int(master.info("replication")["master_repl_offset"])
+        deadline = time.monotonic() + timeout
+        with self.client() as replica:
+            while True:
+                info = replica.info("replication")
+                offset = int(info.get("slave_repl_offset", -1))
+                if info.get("master_link_status") == "up" and offset >= target:
+                    return
+                if time.monotonic() >= deadline:
+                    raise ReplicationTimeout(
+                        f"redis-replica: not caught up after {timeout:.1f} s: the master was at "
+                        f"offset {target}, the replica at {offset} (link "
+                        f"{info.get('master_link_status')})"
+                    )
+                time.sleep(0.01)
 
 
 #: logical databases 1..15 are handed to xdist workers for per-test use; 0 stays shared
@@ -205,7 +221,7 @@ class RedisReplica(Service):
     fixture_doc = """Redis 7 replica (``--replicaof`` the aikernel master, read-only, session).
 
     Returns a :class:`pytest_aikernel.RedisReplicaService` with the master's fields and
-    ``wait_for_replication(timeout)`` (Redis WAIT on the master).
+    ``wait_for_replication(timeout)`` (waits until the replica's offset reaches the master's).
     """
 
     def container(self, ctx: StackContext) -> ContainerSpec:

@@ -98,7 +98,12 @@ def load_seed(path: Path) -> VaultSeed:
             approles[name] = {}
         elif not isinstance(params, dict):
             raise ConfigError(f"{where}: approle {name!r} must be a mapping of role parameters")
-        for policy in (params or {}).get("token_policies", []) or []:
+        policies_of_role = (params or {}).get("token_policies", []) or []
+        if not isinstance(policies_of_role, list):
+            raise ConfigError(
+                f"{where}: approle {name!r}: token_policies must be a list of policy names"
+            )
+        for policy in policies_of_role:
             if policy not in policies and policy not in ("default",):
                 raise ConfigError(
                     f"{where}: approle {name!r} names policy {policy!r}, which 'policies' does "

@@ -48,6 +48,9 @@ if [[ "$(id -u)" == 0 ]]; then
     exec setpriv --reuid=1000 --regid=0 --clear-groups "$0" eswrapper "$@"
 fi
 
+# the JVM is ES_JAVA_HOME (set in the image); JAVA_HOME would only make the bin/ scripts warn
+unset JAVA_HOME
+
 # ELASTIC_PASSWORD_FILE, KEYSTORE_PASSWORD_FILE -> ELASTIC_PASSWORD, KEYSTORE_PASSWORD
 # shellcheck disable=SC1091
 source "$ES_HOME/bin/elasticsearch-env-from-file"
@@ -140,6 +143,4 @@ if [[ -n "${ENROLLMENT_TOKEN:-}" ]]; then
     final+=(--enrollment-token "$ENROLLMENT_TOKEN")
 fi
 
-# the JVM is ES_JAVA_HOME (set in the image); JAVA_HOME would only make bin/elasticsearch warn
-unset JAVA_HOME
 exec bin/elasticsearch "${final[@]}" <<<"${KEYSTORE_PASSWORD:-}"

@@ -117,7 +117,7 @@ apply_env_settings() {
             continue
         fi
         conf_set "$setting" "${!var}" "$conf"
-    done < <(compgen -e | LC_ALL=C sort)
+    done <<< "$(compgen -e | LC_ALL=C sort)"
 }
 
 prepare_dirs_as_root() {
@@ -165,9 +165,10 @@ start_neo4j() {
     heap_max="${heap_max:-$(conf_get dbms.memory.heap.max_size "$conf")}"
     [[ -z "$heap_init" ]] || java_args+=("-Xms$(jvm_size "$heap_init")")
     [[ -z "$heap_max" ]] || java_args+=("-Xmx$(jvm_size "$heap_max")")
+    # (command substitutions, not <(...): java becomes PID 1 and would not reap a leftover child)
     while IFS= read -r opt; do
         [[ -n "$opt" ]] && java_args+=("$opt")
-    done < <(awk 'index($0, "server.jvm.additional=") == 1 { print substr($0, 23) }' "$conf")
+    done <<< "$(awk 'index($0, "server.jvm.additional=") == 1 { print substr($0, 23) }' "$conf")"
     if [[ -n "${JAVA_OPTS:-}" ]]; then
         # shellcheck disable=SC2206
         java_args+=($JAVA_OPTS)
@@ -176,7 +177,8 @@ start_neo4j() {
     # class-data sharing: the image has an archive of the classes a start loads (made at build
     # time by cds-train.sh); the JVM ignores it (-Xshare:auto) if the options do not fit it
     if [[ -n "${AIKERNEL_NEO4J_CDS_DUMP:-}" ]]; then
-        java_args+=("-XX:ArchiveClassesAtExit=$AIKERNEL_NEO4J_CDS_DUMP")
+        # (its warnings list thousands of classes that cannot be archived, e.g. from signed jars)
+        java_args+=("-XX:ArchiveClassesAtExit=$AIKERNEL_NEO4J_CDS_DUMP" -Xlog:cds=off -Xlog:cds+dynamic=off)
     elif [[ -f "$NEO4J_HOME/neo4j.jsa" ]]; then
         java_args+=("-XX:SharedArchiveFile=$NEO4J_HOME/neo4j.jsa" -Xlog:cds=off -Xlog:cds+dynamic=off)
     fi
