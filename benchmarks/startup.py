@@ -36,12 +36,94 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from pytest_aikernel.runtime import ContainerSpec
 from pytest_aikernel.runtime.docker import DockerRuntime, new_session_id
-from pytest_aikernel.services import image_for, registry
+from pytest_aikernel.services import image_for, registry, start_order
 from pytest_aikernel.settings import RawSources, Settings, resolve
 from pytest_aikernel.stack import Stack
 
 THREE = ["postgres", "redis", "vault"]
 FIVE = ["postgres", "postgres-replica", "redis", "redis-replica", "vault"]
+
+
+def available(settings: Settings) -> list[str]:
+    """Every service whose image is in the local engine (nothing is pulled)."""
+    from pytest_aikernel.runtime.docker import docker_client
+
+    client = docker_client()
+    names = []
+    try:
+        for name in registry():
+            try:
+                client.images.get(image_for(name, settings))
+                names.append(name)
+            except Exception:
+                pass
+    finally:
+        client.close()
+    return names
+
+
+def peak_memory(stack: Stack) -> dict[str, int]:
+    """Per service, the container's peak memory from its cgroup (v1 or v2), in bytes."""
+    out: dict[str, int] = {}
+    for name in stack.services:
+        cid = stack.running(name).container_id
+        for path in (
+            f"/sys/fs/cgroup/memory/docker/{cid}/memory.max_usage_in_bytes",
+            f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/memory.peak",
+        ):
+            try:
+                with open(path, encoding="ascii") as fh:
+                    out[name] = int(fh.read().strip())
+                break
+            except OSError:
+                continue
+    return out
+
+
+def full_stack_runs(settings: Settings, names: list[str], repeat: int) -> None:
+    """All available services: plugin (parallel) vs one after another with 1 s polling."""
+    import pytest_aikernel.stack as stack_module
+
+    parallel: list[float] = []
+    sequential: list[float] = []
+    peaks: list[dict[str, int]] = []
+    for i in range(repeat):
+        stack = Stack(settings)
+        began = time.monotonic()
+        try:
+            stack.start(names)
+            parallel.append(time.monotonic() - began)
+            peaks.append(peak_memory(stack))
+        finally:
+            stack.stop()
+        poll = stack_module.POLL_INTERVAL
+        stack_module.POLL_INTERVAL = 1.0  # testcontainers' default readiness polling
+        seq = Stack(settings)
+        began = time.monotonic()
+        try:
+            for name in start_order(names):
+                seq.start([name])
+            sequential.append(time.monotonic() - began)
+        finally:
+            stack_module.POLL_INTERVAL = poll
+            seq.stop()
+        print(f"  run {i + 1}: plugin {parallel[-1]:.2f} s | sequential {sequential[-1]:.2f} s")
+    p, q = median(parallel), median(sequential)
+    print(f"\nall available services ({len(names)}: {', '.join(names)})")
+    print(f"  plugin, parallel and dependency-ordered    {p:6.2f} s")
+    print(
+        "  one after another, 1 s polling (testcontainers' default; same containers, same seeding)"
+    )
+    print(f"                                             {q:6.2f} s")
+    print(f"  ratio plugin / sequential                  {p / q:6.2f}   (target <= 0.60)")
+    last = peaks[-1] if peaks else {}
+    total = sum(last.values())
+    print(
+        f"\npeak memory of the plugin's containers (cgroup max usage, last run): {total / 2**30:.2f} GiB"
+        "   (target: whole stack <= 3 GiB)"
+    )
+    for name, value in sorted(last.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:18s} {value / 2**20:7.0f} MiB")
 
 
 def settings_from_env() -> Settings:
@@ -216,6 +298,11 @@ def main() -> int:
             )
         else:
             print(f"  {name:18s}   n/a (ready log line '{registry()[name].ready_log}' not seen)")
+
+    if not args.skip_full:
+        names = available(settings)
+        print(f"\nall services whose image is present ({args.repeat} runs each)")
+        full_stack_runs(settings, names, args.repeat)
 
     if not args.skip_variants:
         variants = [
