@@ -261,6 +261,7 @@ def main() -> int:
     parser.add_argument(
         "--skip-variants", action="store_true", help="skip the postgres settings section"
     )
+    parser.add_argument("--skip-full", action="store_true", help="skip the all-services section")
     args = parser.parse_args()
     settings = settings_from_env()
     print("images: " + ", ".join(f"{n}={image_for(n, settings)}" for n in FIVE))

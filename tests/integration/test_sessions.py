@@ -239,20 +239,27 @@ def test_sweeper_leaves_live_sessions_alone(
 
 def _owned_by(client: docker.DockerClient, pid: int) -> list:
     return [
-        c for c in client.containers.list(all=True, filters={"label": "pytest-aikernel.owner"})
+        c
+        for c in client.containers.list(all=True, filters={"label": "pytest-aikernel.owner"})
         if c.labels["pytest-aikernel.owner"].split(":")[-2] == str(pid)
     ]
 
 
 @FOUNDATION
 def test_kill_during_startup_then_down_spares_reused_and_live_stacks(
-    pytester: pytest.Pytester, docker_api: docker.DockerClient, aikernel_stack: Stack,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    pytester: pytest.Pytester,
+    docker_api: docker.DockerClient,
+    aikernel_stack: Stack,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     up = subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", "up", "redis"], capture_output=True, text=True,
-        timeout=300, check=False,
+        [sys.executable, "-m", "pytest_aikernel", "up", "redis"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert up.returncode == 0, up.stderr
     reused = re.search(r"session (\w+)\)", up.stderr).group(1)
@@ -270,7 +277,9 @@ def test_slow(aikernel_stack):
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_slow.py"],
-        cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while not _owned_by(docker_api, proc.pid) and time.monotonic() < deadline:
@@ -281,8 +290,11 @@ def test_slow(aikernel_stack):
     assert left, "the killed start-up left containers behind"
 
     down = subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", "down"], capture_output=True, text=True,
-        timeout=300, check=False,
+        [sys.executable, "-m", "pytest_aikernel", "down"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert down.returncode == 0, down.stderr
     assert _owned_by(docker_api, proc.pid) == []
@@ -293,13 +305,18 @@ def test_slow(aikernel_stack):
 
 @FOUNDATION
 def test_sweep_at_startup_spares_a_reused_stack(
-    docker_api: docker.DockerClient, aikernel_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    docker_api: docker.DockerClient,
+    aikernel_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     up = subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", "up", "redis"], capture_output=True, text=True,
-        timeout=300, check=False,
+        [sys.executable, "-m", "pytest_aikernel", "up", "redis"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert up.returncode == 0, up.stderr
     reused = re.search(r"session (\w+)\)", up.stderr).group(1)
@@ -311,5 +328,9 @@ def test_sweep_at_startup_spares_a_reused_stack(
             fresh.stop()
         assert set(containers_of(docker_api, reused)) == {"redis"}
     finally:
-        subprocess.run([sys.executable, "-m", "pytest_aikernel", "down"], check=False,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [sys.executable, "-m", "pytest_aikernel", "down"],
+            check=False,
+            capture_output=True,
+            timeout=300,
+        )

@@ -40,6 +40,35 @@ class TestScope:
     state: dict[str, Any]
 
 
+class Janitor:
+    """Runs per-test cleanups on a background thread, off the tests' path; ``close`` drains."""
+
+    def __init__(self, name: str) -> None:
+        import queue
+        import threading
+
+        self._tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name=f"aikernel-{name}", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        import contextlib
+
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            with contextlib.suppress(Exception):
+                task()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.put(task)
+
+    def close(self) -> None:
+        self._tasks.put(None)
+        self._thread.join(timeout=60)
+
+
 @dataclass(frozen=True)
 class Isolation:
     """A function-scoped fixture giving one test its own, clean share of a service."""

@@ -17,7 +17,7 @@ from .. import _http
 from ..errors import ConfigError, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
-from .base import Isolation, Service, StackContext, TestScope, endpoint_entry
+from .base import Isolation, Janitor, Service, StackContext, TestScope, endpoint_entry
 
 if TYPE_CHECKING:
     import elasticsearch
@@ -102,14 +102,21 @@ class IndexPrefix:
 @contextmanager
 def _index_prefix(es: ElasticsearchService, scope: TestScope) -> Iterator[IndexPrefix]:
     prefix = f"{scope.name}-"
-    try:
-        yield IndexPrefix(prefix, es.url)
-    finally:
+    janitor = scope.state.get("janitor")
+    if janitor is None:
+        janitor = scope.state["janitor"] = Janitor("es-cleanup")
+
+    def cleanup() -> None:
         listing = _http.request("GET", f"{es.url}/_cat/indices/{prefix}*?format=json&h=index")
         names = [row["index"] for row in (listing.json() or [])] if listing.ok else []
         if names:
             # explicit names: Elasticsearch 8 refuses wildcard deletes by default
             _http.request("DELETE", f"{es.url}/{','.join(names)}")
+
+    try:
+        yield IndexPrefix(prefix, es.url)
+    finally:
+        janitor.submit(cleanup)  # the prefix is unique: no later test can see these indices
 
 
 def load_init(path: Path) -> dict[str, dict[str, Any]]:

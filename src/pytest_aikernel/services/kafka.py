@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SeedError
 from ..runtime import ContainerSpec, Running
 from ..runtime.docker import free_loopback_port
-from .base import Isolation, Service, StackContext, TestScope, endpoint_entry
+from .base import Isolation, Janitor, Service, StackContext, TestScope, endpoint_entry
 
 if TYPE_CHECKING:
     import confluent_kafka
@@ -122,7 +122,11 @@ def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[Callable[..., str
 
     admin = scope.state.get("admin")
     if admin is None:
-        admin = scope.state["admin"] = kafka.admin()
+        from confluent_kafka.admin import AdminClient
+
+        # quiet: at the end of the session the broker goes away under this client
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers}, logger=_QUIET)
+        scope.state["admin"] = admin
     made: list[str] = []
 
     def make(name: str = "topic", partitions: int = 1) -> str:
@@ -135,13 +139,20 @@ def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[Callable[..., str
         made.append(topic)
         return topic
 
+    janitor = scope.state.get("janitor")
+    if janitor is None:
+        janitor = scope.state["janitor"] = Janitor("kafka-cleanup")
+
+    def cleanup(topics: list[str]) -> None:
+        for future in admin.delete_topics(topics, operation_timeout=10).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+
     try:
         yield make
     finally:
-        if made:
-            for future in admin.delete_topics(made, operation_timeout=10).values():
-                with contextlib.suppress(Exception):
-                    future.result(timeout=30)
+        if made:  # unique names: deleting them after the test returns is safe
+            janitor.submit(lambda: cleanup(made))
 
 
 class Zookeeper(Service):
