@@ -334,3 +334,31 @@ def test_sweep_at_startup_spares_a_reused_stack(
             capture_output=True,
             timeout=300,
         )
+
+
+def test_bad_cypher_file_is_named(pytester: pytest.Pytester) -> None:
+    pytester.path.joinpath("bad.cypher").write_text(
+        "CREATE (:Ok {n: 1});\n// next one is wrong\nMATCH (n) RETURN m;\n"
+    )
+    pytester.makepyfile("def test_x(aikernel_neo4j):\n    pass\n")
+    result = run(pytester, "--aikernel-neo4j-init=bad.cypher")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert re.search(r"neo4j: init file \S*bad\.cypher failed at the statement on line 3:", out), out
+    assert "MATCH (n) RETURN m" in out
+    assert "Variable `m` not defined" in out
+
+
+def test_bad_elasticsearch_init_file_is_named_with_the_server_reason(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.path.joinpath("bad.json").write_text('{"indices": {"Upper-Case-Not-Allowed": {}}}')
+    pytester.makepyfile("def test_x(aikernel_elasticsearch):\n    pass\n")
+    result = run(pytester, "--aikernel-elasticsearch-init=bad.json")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert re.search(
+        r"elasticsearch: init file \S*bad\.json: indices 'Upper-Case-Not-Allowed' failed: HTTP 400:"
+        r" invalid_index_name_exception",
+        out,
+    ), out

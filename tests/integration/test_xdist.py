@@ -15,9 +15,11 @@ WORKER_TESTS = """
 import json, os, pathlib, uuid
 import docker, pytest
 
-@pytest.mark.aikernel_stack("postgres", "redis", "vault")
+SERVICES = os.environ["AIKERNEL_TEST_SERVICES"].split(",")
+
+@pytest.mark.aikernel_stack(*SERVICES)
 @pytest.mark.parametrize("i", range(12))
-def test_worker(aikernel_stack, aikernel_pg, aikernel_redis_db, aikernel_vault_path, i):
+def test_worker(aikernel_stack, aikernel_pg, aikernel_redis_db, aikernel_vault_path, request, i):
     client = docker.from_env()
     found = client.containers.list(
         all=True, filters={"label": "pytest-aikernel.session=" + aikernel_stack.session_id})
@@ -30,6 +32,22 @@ def test_worker(aikernel_stack, aikernel_pg, aikernel_redis_db, aikernel_vault_p
     assert aikernel_redis_db.dbsize() == 0
     aikernel_redis_db.set("mine", i)
     aikernel_vault_path.write("x", i=i)
+    if "kafka" in SERVICES:
+        topic = request.getfixturevalue("aikernel_kafka_topic")("t")
+        admin = aikernel_stack["kafka"].admin()
+        mine = [t for t in admin.list_topics(timeout=10).topics if t.endswith(".t")]
+        assert topic in mine
+    if "elasticsearch" in SERVICES:
+        prefix = request.getfixturevalue("aikernel_es_index")
+        from pytest_aikernel import _http
+        url = aikernel_stack["elasticsearch"].url
+        assert _http.request("PUT", f"{url}/{prefix.name('docs')}").ok
+        listed = _http.request("GET", f"{url}/_cat/indices/{prefix.prefix}*?format=json").json()
+        assert [x["index"] for x in listed] == [prefix.name("docs")]
+    if "neo4j" in SERVICES:
+        session = request.getfixturevalue("aikernel_neo4j_session")
+        assert session.run("MATCH (n:WorkerNode) RETURN count(n) AS c").single()["c"] == 0
+        session.run("CREATE (:WorkerNode {i: $i})", i=i).consume()
     out = pathlib.Path(os.environ["AIKERNEL_TEST_OUT"]) / f"{uuid.uuid4().hex}.json"
     out.write_text(json.dumps({"worker": os.environ.get("PYTEST_XDIST_WORKER"),
                                "session": aikernel_stack.session_id, "containers": seen}))
@@ -57,11 +75,28 @@ def records(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in out.glob("*.json")]
 
 
+#: every service that has a stand-in image (Kibana and Grafana have none)
+STANDINS = (
+    "postgres",
+    "postgres-replica",
+    "redis",
+    "redis-replica",
+    "vault",
+    "neo4j",
+    "elasticsearch",
+    "zookeeper",
+    "kafka",
+    "prometheus",
+    "jaeger",
+)
+
+
 def test_four_workers_share_one_stack(
     pytester: pytest.Pytester, docker_api: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = pytester.path / "out"
     monkeypatch.setenv("AIKERNEL_TEST_OUT", str(out))
+    monkeypatch.setenv("AIKERNEL_TEST_SERVICES", ",".join(STANDINS))
     result = run_workers(pytester, out)
     result.assert_outcomes(passed=12)
     seen = records(out)
@@ -72,7 +107,7 @@ def test_four_workers_share_one_stack(
     for r in seen:
         for service, cid in r["containers"].items():
             ids.setdefault(service, set()).add(cid)
-    assert sorted(ids) == ["postgres", "redis", "vault"]
+    assert sorted(ids) == sorted(STANDINS)
     assert all(len(v) == 1 for v in ids.values()), f"each container made once: {ids}"
     session = sessions.pop()
     assert containers_of(docker_api, session) == {}
@@ -87,6 +122,7 @@ def test_reuse_attaches_to_the_same_stack_and_down_removes_it(
 ) -> None:
     out = pytester.path / "out"
     monkeypatch.setenv("AIKERNEL_TEST_OUT", str(out))
+    monkeypatch.setenv("AIKERNEL_TEST_SERVICES", "postgres,redis,vault")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = run_workers(pytester, out, "--aikernel-reuse")
     first.assert_outcomes(passed=12)
