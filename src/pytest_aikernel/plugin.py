@@ -16,7 +16,7 @@ from .errors import ConfigError, DockerUnavailable
 from .services import Isolation
 from .session import StartFailed, XdistShare, open_stack, remove_xdist_stack
 from .settings import OPTIONS_BY_FIELD, Settings, add_options, read_settings
-from .stack import Stack, StackEvent
+from .stack import Stack, StackEvent, StackHooks
 
 MARKER = "aikernel_stack"
 STACK_FIXTURE = "aikernel_stack"
@@ -32,6 +32,22 @@ docker_error_key = pytest.StashKey[str]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _hooks(config: pytest.Config) -> StackHooks:
+    hook = config.hook
+    return StackHooks(
+        container=lambda service, spec: hook.pytest_aikernel_container(service=service, spec=spec),
+        ready=lambda service, obj, stack: hook.pytest_aikernel_ready(
+            service=service, obj=obj, stack=stack
+        ),
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -266,6 +282,7 @@ def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
             report=_reporter(pytestconfig),
             xdist=_xdist_share(pytestconfig),
             rootdir=pytestconfig.rootpath,
+            hooks=_hooks(pytestconfig),
         )
     except StartFailed as exc:
         failure = str(exc)

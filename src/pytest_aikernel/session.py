@@ -27,7 +27,7 @@ from .runtime.docker import (
 )
 from .settings import Settings
 from .shared import LOCK, clear_state, locked, read_state, write_state
-from .stack import Stack, StackEvent
+from .stack import Stack, StackEvent, StackHooks
 
 LABEL_REUSE = "pytest-aikernel.reuse"
 LABEL_PROJECT = "pytest-aikernel.project"
@@ -92,16 +92,17 @@ def open_stack(
     report: Callable[[StackEvent], None],
     xdist: XdistShare | None,
     rootdir: Path,
+    hooks: StackHooks | None = None,
 ) -> Stack:
     """The stack for this process (see the module docstring); StartFailed with the message."""
     if settings.mode == "external":
-        stack = Stack(settings, on_event=report)  # every process attaches on its own
+        stack = Stack(settings, on_event=report, hooks=hooks)  # every process attaches on its own
         _start(stack, wanted)
         return stack
     if settings.reuse:
-        return _reused(settings, wanted, report, rootdir)
+        return _reused(settings, wanted, report, rootdir, hooks)
     if xdist is None:
-        stack = Stack(settings, on_event=report)
+        stack = Stack(settings, on_event=report, hooks=hooks)
         _start(stack, wanted)
         return stack
     folder = Path(xdist.folder)
@@ -112,11 +113,14 @@ def open_stack(
             raise StartFailed(str(state["failed"]))
         if state is not None:
             stack = Stack.attach(settings, state, on_event=report, owner=owner)
+            stack.hooks = hooks or stack.hooks
             if not registry_mod.closure(wanted) <= set(stack.services):
                 _start(stack, wanted)
                 write_state(folder, stack.export())
             return stack
-        stack = Stack(settings, on_event=report, session_id=xdist.session_id, owner=owner)
+        stack = Stack(
+            settings, on_event=report, session_id=xdist.session_id, owner=owner, hooks=hooks
+        )
         try:
             _start(stack, wanted)
         except StartFailed as exc:
@@ -132,6 +136,7 @@ def _reused(
     wanted: frozenset[str],
     report: Callable[[StackEvent], None],
     rootdir: Path,
+    hooks: StackHooks | None,
 ) -> Stack:
     key = reuse_key(settings, wanted)
     project = project_id(rootdir)
@@ -151,7 +156,9 @@ def _reused(
             _remove_session(str(state["session_id"]))
             clear_state(folder)
         _remove_other_reused(project, key)
-        stack = Stack(settings, on_event=report, owner=REUSE_OWNER, extra_labels=labels)
+        stack = Stack(
+            settings, on_event=report, owner=REUSE_OWNER, extra_labels=labels, hooks=hooks
+        )
         _start(stack, wanted)
         stack.owned = False  # kept after the session: `aikernel down` removes it
         state = stack.export()

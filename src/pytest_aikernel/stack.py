@@ -26,7 +26,7 @@ from .errors import (
     ServiceStartTimeout,
     StackStartError,
 )
-from .runtime import Running
+from .runtime import ContainerSpec, Running
 from .runtime.docker import DockerRuntime, Owner, new_session_id, sweep_dead_sessions
 from .secrets import SecretStore
 from .services import Service, StackContext, TestScope
@@ -39,6 +39,16 @@ ALIVE_CHECK_INTERVAL = 0.25
 LOG_TAIL = 50
 #: external mode: how long a service that should already run may take to answer
 EXTERNAL_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class StackHooks:
+    """Callbacks into the user's code (the plugin connects them to its pytest hooks)."""
+
+    #: (service, spec) -> a changed spec, or None to keep it
+    container: Callable[[str, ContainerSpec], ContainerSpec | None] = lambda _s, _c: None
+    #: (service, public object, stack): the service is ready and seeded
+    ready: Callable[[str, Any, Stack], None] = lambda _s, _o, _st: None
 
 
 @dataclass(frozen=True)
@@ -68,8 +78,10 @@ class Stack:
         session_id: str | None = None,
         owner: Owner | None = None,
         extra_labels: Mapping[str, str] | None = None,
+        hooks: StackHooks | None = None,
     ) -> None:
         self.settings = settings
+        self.hooks = hooks or StackHooks()
         self.session_id = session_id or new_session_id()
         self.runtime = runtime or DockerRuntime(
             self.session_id, owner=owner, extra_labels=extra_labels
@@ -236,7 +248,7 @@ class Stack:
                 for other in sorted(svc.seed_after(ctx)):
                     self._wait_ready(other, stop)
                 svc.seed(ctx, running)
-            self._finish(name, svc, running)
+            self._finish(name, svc, running, freeze=self.settings.seed_external)
             return
         image = ctx.image(name)
         self.runtime.ensure_image(name, image, self._image_hint(name))
@@ -244,6 +256,7 @@ class Stack:
             raise _Aborted
         for attempt in range(3):
             spec = svc.container(ctx)
+            spec = self.hooks.container(name, spec) or spec
             try:
                 running = self.runtime.start(name, spec)
                 break
@@ -261,10 +274,14 @@ class Stack:
         for other in sorted(svc.seed_after(ctx)):
             self._wait_ready(other, stop)
         svc.seed(ctx, running)
-        self._finish(name, svc, running)
+        self._finish(name, svc, running, freeze=True)
 
-    def _finish(self, name: str, svc: Service, running: Running) -> None:
-        self._ctx.exposed[name] = svc.expose(self._ctx, running)
+    def _finish(self, name: str, svc: Service, running: Running, *, freeze: bool) -> None:
+        obj = svc.expose(self._ctx, running)
+        self.hooks.ready(name, obj, self)
+        if freeze:
+            svc.freeze(self._ctx, running)
+        self._ctx.exposed[name] = obj
         elapsed = time.monotonic() - running.started_at
         self.timings[name] = elapsed
         self._ready[name].set()

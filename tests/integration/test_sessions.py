@@ -362,3 +362,34 @@ def test_bad_elasticsearch_init_file_is_named_with_the_server_reason(
         r" invalid_index_name_exception",
         out,
     ), out
+
+
+def test_conftest_hooks_change_a_container_and_seed_further(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+import dataclasses
+
+def pytest_aikernel_container(service, spec):
+    if service == "redis":
+        return dataclasses.replace(spec, command=(*spec.command, "--maxmemory", "7mb"))
+    return None
+
+def pytest_aikernel_ready(service, obj, stack):
+    if service == "postgres":
+        with obj.connect() as conn:
+            conn.execute("CREATE TABLE catalog.from_hook (v int)")
+            conn.execute("INSERT INTO catalog.from_hook VALUES (7)")
+            conn.commit()
+"""
+    )
+    pytester.makepyfile(
+        """
+def test_hooks(aikernel_redis, aikernel_postgres, aikernel_pg):
+    assert aikernel_redis.client().config_get("maxmemory") == {"maxmemory": str(7 * 1024 * 1024)}
+    with aikernel_postgres.connect() as conn:
+        assert conn.execute("SELECT v FROM catalog.from_hook").fetchall() == [(7,)]
+    # the hook ran before the per-test templates were frozen: clones have its data too
+    assert aikernel_pg.execute("SELECT v FROM catalog.from_hook").fetchall() == [(7,)]
+"""
+    )
+    run(pytester).assert_outcomes(passed=1)

@@ -169,6 +169,9 @@ class Service(ABC):
     def seed(self, ctx: StackContext, running: Running) -> None:  # noqa: B027 - optional hook
         """Load data into the ready service; raise SeedError naming the file."""
 
+    def freeze(self, ctx: StackContext, running: Running) -> None:  # noqa: B027 - optional
+        """Last seeding step, after the user's ``pytest_aikernel_ready`` hooks (templates)."""
+
     @abstractmethod
     def expose(self, ctx: StackContext, running: Running) -> Any:
         """The typed public object tests get from ``aikernel_<name>``."""

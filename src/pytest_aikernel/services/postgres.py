@@ -401,6 +401,9 @@ class Postgres(Service):
             _run_script(
                 USER, password, running, init.database, script, origin=str(init.path), hint=hint
             )
+
+    def freeze(self, ctx: StackContext, running: Running) -> None:
+        password = ctx.secrets.get("postgres.password")
         # frozen copies of the seeded databases, cloned for each test by aikernel_pg: nobody
         # connects to a template, so CREATE DATABASE ... TEMPLATE never waits for other sessions
         with _probe_connect(USER, password, running, "postgres") as conn:
