@@ -217,6 +217,25 @@ def endpoint_entry(running: Running, port: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class HttpService:
+    """A service spoken to over HTTP: ``url`` from the test process, ``internal_url`` from
+    containers on the stack network. Subclasses set ``internal_port``'s default."""
+
+    host: str
+    port: int
+    internal_host: str
+    internal_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"http://{self.internal_host}:{self.internal_port}"
+
+
 class MaskedRepr:
     """Dataclass mixin: fields listed in ``_secret_fields`` show masked in ``repr``."""
 

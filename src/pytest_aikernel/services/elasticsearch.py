@@ -17,7 +17,15 @@ from .. import _http
 from ..errors import ConfigError, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
-from .base import Isolation, Janitor, Service, StackContext, TestScope, endpoint_entry
+from .base import (
+    HttpService,
+    Isolation,
+    Janitor,
+    Service,
+    StackContext,
+    TestScope,
+    endpoint_entry,
+)
 
 if TYPE_CHECKING:
     import elasticsearch
@@ -35,21 +43,10 @@ INIT_KEYS: Mapping[str, str] = {
 
 
 @dataclass(frozen=True)
-class ElasticsearchService:
+class ElasticsearchService(HttpService):
     """Elasticsearch of the stack (security off): ``url`` and client helpers."""
 
-    host: str
-    port: int
-    internal_host: str
     internal_port: int = PORT
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def internal_url(self) -> str:
-        return f"http://{self.internal_host}:{self.internal_port}"
 
     def info(self) -> dict[str, Any]:
         """``GET /`` as a dict (name, cluster_name, version.number, version.distribution...)."""
@@ -70,21 +67,10 @@ class ElasticsearchService:
 
 
 @dataclass(frozen=True)
-class KibanaService:
-    """Kibana of the stack, connected to its Elasticsearch."""
+class KibanaService(HttpService):
+    """Kibana of the stack, connected to its Elasticsearch: ``url``."""
 
-    host: str
-    port: int
-    internal_host: str
     internal_port: int = KIBANA_PORT
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def internal_url(self) -> str:
-        return f"http://{self.internal_host}:{self.internal_port}"
 
 
 @dataclass(frozen=True)

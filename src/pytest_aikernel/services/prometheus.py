@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import _http
 from ..runtime import ContainerSpec, Running
-from .base import Service, StackContext, endpoint_entry
+from .base import HttpService, Service, StackContext, endpoint_entry
 
 PORT = 9090
 CONFIG = "/etc/prometheus/prometheus.yml"
@@ -23,21 +23,10 @@ SCRAPE_INTERVAL = "1s"
 
 
 @dataclass(frozen=True)
-class PrometheusService:
+class PrometheusService(HttpService):
     """Prometheus of the stack: ``url``, instant queries and target checks over plain HTTP."""
 
-    host: str
-    port: int
-    internal_host: str
     internal_port: int = PORT
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def internal_url(self) -> str:
-        return f"http://{self.internal_host}:{self.internal_port}"
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query: the ``data.result`` list of ``/api/v1/query``."""
