@@ -1,0 +1,73 @@
+"""Reuse keys, owners of stacks and the aikernel command, without a Docker engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_aikernel.runtime.docker import Owner
+from pytest_aikernel.session import reuse_key
+from pytest_aikernel.settings import InitFile, Settings
+from pytest_aikernel.shared import locked, read_state, write_state
+
+
+def test_reuse_key_changes_with_what_shapes_the_stack(tmp_path: Path) -> None:
+    sql = tmp_path / "a.sql"
+    sql.write_text("SELECT 1;")
+    base = Settings(postgres_init=(InitFile(sql),))
+    key = reuse_key(base, ["postgres"])
+    assert key == reuse_key(base, ["postgres"]), "stable"
+    assert key == reuse_key(dataclasses.replace(base, startup_timeout=5), ["postgres"])
+    assert key != reuse_key(base, ["postgres", "redis"])
+    assert key != reuse_key(dataclasses.replace(base, images={"postgres": "x:1"}), ["postgres"])
+    assert key != reuse_key(dataclasses.replace(base, neo4j_heap="1g"), ["postgres"])
+    sql.write_text("SELECT 2;")
+    assert key != reuse_key(base, ["postgres"]), "the content of seed files counts"
+
+
+def test_owner_of_a_dead_process_is_dead() -> None:
+    me = Owner.current()
+    assert Owner.parse(me.label()) == me
+    assert not me.is_dead()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    gone = Owner(host=me.host, pid=child.pid, start="1")
+    assert gone.is_dead()
+    assert not Owner(host="another-host", pid=child.pid, start="1").is_dead()
+    assert Owner.parse("reuse:0:") is not None
+    assert not Owner.parse("reuse:0:").is_dead(), "reused stacks are never swept"
+    assert Owner.parse("garbage") is None
+
+
+def test_state_file_is_private_and_atomic(tmp_path: Path) -> None:
+    with locked(tmp_path):
+        write_state(tmp_path, {"session_id": "abc", "secrets": {"x": "y"}})
+    assert read_state(tmp_path) == {"session_id": "abc", "secrets": {"x": "y"}}
+    assert oct(os.stat(tmp_path / "stack.json").st_mode & 0o777) == "0o600"
+    assert read_state(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"]])
+def test_aikernel_command_help(command: list[str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest_aikernel", *command, "--help"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "usage: aikernel" in out
+    if command == ["up"]:
+        assert "--aikernel-image" in out and "--aikernel-postgres-init" in out
+
+
+def test_aikernel_without_engine_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest_aikernel", "status"], capture_output=True, text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no Docker engine answered at unix:///nonexistent" in result.stderr
+    assert "Traceback" not in result.stderr
