@@ -130,8 +130,10 @@ def _probe_client(ctx: StackContext, running: Running) -> redis.Redis:
         host=running.host,
         port=running.host_port(PORT),
         password=ctx.secrets.get("redis.password") or None,
-        socket_timeout=2,
-        socket_connect_timeout=2,
+        # short: a probe that lands while the container's port is not yet served can wait in
+        # the port proxy (seen: 0.34 s); a fresh attempt goes through once the server listens
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
         # one attempt per probe: the stack polls every 50 ms, the client must not back off
         retry=Retry(NoBackoff(), 0),
     )
