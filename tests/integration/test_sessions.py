@@ -237,6 +237,27 @@ def test_sweeper_leaves_live_sessions_alone(
     assert containers_of(docker_api, aikernel_stack.session_id) == before
 
 
+def aikernel(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the aikernel command (as ``python -m pytest_aikernel``) and check it succeeded."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_aikernel", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def reused_redis(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """`aikernel up redis` in a private cache folder; the reused stack's session id."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    match = re.search(r"session (\w+)\)", aikernel("up", "redis").stderr)
+    assert match is not None
+    return match.group(1)
+
+
 def _owned_by(client: docker.DockerClient, pid: int) -> list:
     return [
         c
@@ -253,16 +274,7 @@ def test_kill_during_startup_then_down_spares_reused_and_live_stacks(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    up = subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", "up", "redis"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert up.returncode == 0, up.stderr
-    reused = re.search(r"session (\w+)\)", up.stderr).group(1)
+    reused = reused_redis(monkeypatch, tmp_path)
     assert set(containers_of(docker_api, reused)) == {"redis"}
     live_before = containers_of(docker_api, aikernel_stack.session_id)
 
@@ -289,14 +301,7 @@ def test_slow(aikernel_stack):
     left = _owned_by(docker_api, proc.pid)
     assert left, "the killed start-up left containers behind"
 
-    down = subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", "down"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert down.returncode == 0, down.stderr
+    aikernel("down")
     assert _owned_by(docker_api, proc.pid) == []
     # `down` removes reused stacks too; the live session's stack is untouched
     assert containers_of(docker_api, reused) == {}
@@ -310,16 +315,7 @@ def test_sweep_at_startup_spares_a_reused_stack(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    up = subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", "up", "redis"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert up.returncode == 0, up.stderr
-    reused = re.search(r"session (\w+)\)", up.stderr).group(1)
+    reused = reused_redis(monkeypatch, tmp_path)
     try:
         fresh = Stack(aikernel_settings)  # its first start sweeps dead sessions' leftovers
         try:
@@ -328,12 +324,7 @@ def test_sweep_at_startup_spares_a_reused_stack(
             fresh.stop()
         assert set(containers_of(docker_api, reused)) == {"redis"}
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "pytest_aikernel", "down"],
-            check=False,
-            capture_output=True,
-            timeout=300,
-        )
+        aikernel("down")
 
 
 def test_bad_cypher_file_is_named(pytester: pytest.Pytester) -> None:
@@ -344,7 +335,9 @@ def test_bad_cypher_file_is_named(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--aikernel-neo4j-init=bad.cypher")
     result.assert_outcomes(errors=1)
     out = result.stdout.str()
-    assert re.search(r"neo4j: init file \S*bad\.cypher failed at the statement on line 3:", out), out
+    assert re.search(r"neo4j: init file \S*bad\.cypher failed at the statement on line 3:", out), (
+        out
+    )
     assert "MATCH (n) RETURN m" in out
     assert "Variable `m` not defined" in out
 

@@ -56,7 +56,9 @@ def test_state_file_is_private_and_atomic(tmp_path: Path) -> None:
 def test_aikernel_command_help(command: list[str]) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "pytest_aikernel", *command, "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "usage: aikernel" in out
     if command == ["up"]:
@@ -65,7 +67,9 @@ def test_aikernel_command_help(command: list[str]) -> None:
 
 def test_aikernel_without_engine_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", "status"], capture_output=True, text=True,
+        [sys.executable, "-m", "pytest_aikernel", "status"],
+        capture_output=True,
+        text=True,
         check=False,
     )
     assert result.returncode == 2
