@@ -5,8 +5,10 @@
     aikernel status                               # stacks on this engine
     aikernel down                                 # remove reused and dead stacks
 
-Settings come from the same options as the plugin's (``--aikernel-image`` ...) and their
-``AIKERNEL_*`` environment variables; progress goes to stderr, exports to stdout.
+Settings come from the same options as the plugin's (``--aikernel-image`` ...), the project's
+pytest configuration file (found from the current folder as pytest finds it) and the ``AIKERNEL_*``
+environment variables, with the same precedence; so `aikernel up` and `pytest --aikernel-reuse`
+in the same project share one reused stack. Progress goes to stderr, exports to stdout.
 """
 
 from __future__ import annotations
@@ -38,14 +40,66 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
             group.add_argument(opt.cli, dest=opt.field, metavar=opt.metavar, help=opt.help)
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def find_ini(start: Path) -> tuple[Path | None, dict[str, str | list[str]]]:
+    """The pytest configuration file pytest would use from ``start``, and its aikernel_* keys.
+
+    Looked for upwards as pytest does: pytest.ini, pyproject.toml with [tool.pytest.ini_options],
+    tox.ini with [pytest], setup.cfg with [tool:pytest]; the first file that has the section wins.
+    """
+    import configparser
+
+    for folder in (start, *start.parents):
+        for name, section in (
+            ("pytest.ini", "pytest"), ("pyproject.toml", ""), ("tox.ini", "pytest"),
+            ("setup.cfg", "tool:pytest"),
+        ):
+            path = folder / name
+            if not path.is_file():
+                continue
+            if name == "pyproject.toml":
+                if sys.version_info >= (3, 11):
+                    import tomllib
+                else:  # pragma: no cover - pytest depends on tomli there
+                    import tomli as tomllib  # type: ignore[no-redef, import-not-found, unused-ignore]
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+                table = data.get("tool", {}).get("pytest", {}).get("ini_options")
+                if table is None:
+                    continue
+                values = {k: v for k, v in table.items() if k.startswith("aikernel_")}
+                return path, values
+            parser = configparser.ConfigParser(interpolation=None)
+            parser.read(path, encoding="utf-8")
+            if name == "pytest.ini" or parser.has_section(section):
+                if not parser.has_section(section):
+                    return path, {}
+                return path, {
+                    k: v for k, v in parser.items(section) if k.startswith("aikernel_")
+                }
+    return None, {}
+
+
+def _settings(args: argparse.Namespace, cwd: Path) -> tuple[Any, Path]:
+    """Settings as pytest would read them from ``cwd``, and the rootdir of the project."""
     import os
 
+    inipath, values = find_ini(cwd)
     cli = {opt.field: getattr(args, opt.field, None) for opt in OPTIONS}
     cli["reuse"] = "true"
     cli["mode"] = "docker"
-    raw = RawSources(cli=cli, ini={}, env=dict(os.environ), ini_dir=Path.cwd(), cwd=Path.cwd())
-    return resolve(raw, registry_mod.names())
+    ini: dict[str, str | list[str] | None] = {}
+    for opt in OPTIONS:
+        value = values.get(opt.ini)
+        if value is None:
+            continue
+        if opt.repeatable and isinstance(value, str):
+            value = [line for line in value.splitlines() if line.strip()]
+        ini[opt.field] = value if isinstance(value, (str, list)) else str(value).lower()
+    root = inipath.parent if inipath else cwd
+    raw = RawSources(
+        cli=cli, ini=ini, env=dict(os.environ), ini_dir=root, cwd=cwd,
+        inipath=str(inipath) if inipath else "ini file",
+    )
+    return resolve(raw, registry_mod.names()), root
 
 
 def _progress(event: Any) -> None:
@@ -63,7 +117,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     requested = args.services or list(registry_mod.names())
     registry_mod.check_names(requested, "aikernel up")
-    settings = _settings(args)
+    settings, root = _settings(args, Path.cwd())
     began = time.monotonic()
     try:
         stack = open_stack(
@@ -71,7 +125,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             registry_mod.closure(requested),
             report=_progress,
             xdist=None,
-            rootdir=Path.cwd(),
+            rootdir=root,
         )
     except StartFailed as exc:
         print(str(exc), file=sys.stderr)

@@ -75,3 +75,37 @@ def test_aikernel_without_engine_says_so(monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.returncode == 2
     assert "no Docker engine answered at unix:///nonexistent" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("layout", ["pyproject", "pytest.ini", "tox.ini"])
+def test_aikernel_up_reads_the_project_ini_as_pytest_does(tmp_path: Path, layout: str) -> None:
+    import argparse
+
+    from pytest_aikernel.cli import _settings
+
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "a.sql").write_text("SELECT 1;")
+    if layout == "pyproject":
+        (tmp_path / "pyproject.toml").write_text(
+            "[tool.pytest.ini_options]\n"
+            'aikernel_postgres_init = ["db/a.sql", "aikernel_audit:db/a.sql"]\n'
+            'aikernel_images = "redis=my/redis:7"\n'
+            'aikernel_startup_timeout = "33"\n'
+        )
+    else:
+        section = "pytest" if layout == "pytest.ini" else "pytest"
+        (tmp_path / layout).write_text(
+            f"[{section}]\naikernel_postgres_init =\n    db/a.sql\n    aikernel_audit:db/a.sql\n"
+            "aikernel_images = redis=my/redis:7\naikernel_startup_timeout = 33\n"
+        )
+    sub = tmp_path / "tests" / "deep"
+    sub.mkdir(parents=True)
+    settings, root = _settings(argparse.Namespace(), sub)
+    assert root == tmp_path
+    assert [(f.path, f.database) for f in settings.postgres_init] == [
+        (tmp_path / "db" / "a.sql", "aikernel_catalog"),
+        (tmp_path / "db" / "a.sql", "aikernel_audit"),
+    ]
+    assert settings.images == {"redis": "my/redis:7"}
+    assert settings.startup_timeout == 33
+    assert settings.reuse
