@@ -386,3 +386,40 @@ def test_hooks(aikernel_redis, aikernel_postgres, aikernel_pg):
 """
     )
     run(pytester).assert_outcomes(passed=1)
+
+
+def test_aikernel_up_and_pytest_reuse_share_one_stack(
+    pytester: pytest.Pytester,
+    docker_api: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pytester.makeini("[pytest]\naikernel_startup_timeout = 60\n")
+    pytester.makepyfile(
+        helper=RECORD,
+        test_reused="""
+import pytest
+from helper import record
+
+@pytest.mark.aikernel_stack("redis")
+def test_reused(aikernel_stack):
+    record(aikernel_stack)
+""",
+    )
+    up = subprocess.run(
+        [sys.executable, "-m", "pytest_aikernel", "up", "redis"],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert up.returncode == 0, up.stderr
+    try:
+        result = run(pytester, "--aikernel-reuse", "-s")
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(["aikernel: reusing the running stack*"])
+        assert f"session {session_of(pytester)})" in up.stderr
+    finally:
+        aikernel("down")

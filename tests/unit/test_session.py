@@ -77,7 +77,7 @@ def test_aikernel_without_engine_says_so(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("layout", ["pyproject", "pytest.ini", "tox.ini"])
+@pytest.mark.parametrize("layout", ["pyproject", "pytest.ini", "tox.ini", "setup.cfg"])
 def test_aikernel_up_reads_the_project_ini_as_pytest_does(tmp_path: Path, layout: str) -> None:
     import argparse
 
@@ -93,7 +93,7 @@ def test_aikernel_up_reads_the_project_ini_as_pytest_does(tmp_path: Path, layout
             'aikernel_startup_timeout = "33"\n'
         )
     else:
-        section = "pytest" if layout == "pytest.ini" else "pytest"
+        section = "tool:pytest" if layout == "setup.cfg" else "pytest"
         (tmp_path / layout).write_text(
             f"[{section}]\naikernel_postgres_init =\n    db/a.sql\n    aikernel_audit:db/a.sql\n"
             "aikernel_images = redis=my/redis:7\naikernel_startup_timeout = 33\n"
