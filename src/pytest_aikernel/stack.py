@@ -94,7 +94,11 @@ class Stack:
         self._on_event = on_event or (lambda _e: None)
         self._event_lock = threading.Lock()
         self._ctx = StackContext(
-            settings=settings, secrets=self.secrets, services=frozenset(), describe=self._describe
+            settings=settings,
+            secrets=self.secrets,
+            services=frozenset(),
+            describe=self._describe,
+            put_file=self._put_file,
         )
         self._ready: dict[str, threading.Event] = {}
         self._swept = False
@@ -364,6 +368,11 @@ class Stack:
             shown = "\n".join(f"  | {line}" for line in logs.splitlines()) or "  | (no output)"
             text += f"\nLast {LOG_TAIL} log lines of {name} ({running.container_id[:12]}):\n{shown}"
         return kind(name, self.secrets.mask(text))
+
+    def _put_file(self, service: str, path: str, content: bytes) -> bool:
+        if self.external:
+            return False
+        return self.runtime.put_file(service, path, content)
 
     def _describe(self, name: str) -> Mapping[str, Any] | None:
         return self._registry[name].vault_entry(self._ctx, self._ctx.running[name])

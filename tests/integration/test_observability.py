@@ -145,3 +145,16 @@ def test_kibana(aikernel_kibana):
 """
     )
     pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=600).assert_outcomes(passed=1)
+
+
+def test_services_started_on_demand_are_scraped_too(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+def test_on_demand(aikernel_prometheus, request):
+    assert "vault" not in {t["labels"]["job"] for t in aikernel_prometheus.targets()}
+    request.getfixturevalue("aikernel_vault")  # not known at collection: started now
+    aikernel_prometheus.wait_for_target("vault", timeout=30)
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    result.assert_outcomes(passed=1)

@@ -324,6 +324,24 @@ class DockerRuntime:
             f"{state.get('ExitCode')} before it was ready",
         )
 
+    def put_file(self, service: str, path: str, content: bytes, mode: int = 0o644) -> bool:
+        """Write ``content`` at ``path`` in the running container of ``service``."""
+        import io
+        import tarfile
+
+        raw = self._raw(service)
+        if raw is None:
+            return False
+        folder, _, name = path.rpartition("/")
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = mode
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(content))
+        return bool(raw.put_archive(folder or "/", data.getvalue()))
+
     def logs(self, service: str, tail: int = 50) -> str:
         raw = self._raw(service)
         if raw is None:

@@ -117,6 +117,9 @@ class StackContext:
     exposed: dict[str, Any] = field(default_factory=dict)
     #: service name -> its Vault entry (None when it contributes none); filled by the stack
     describe: Callable[[str], Mapping[str, Any] | None] = lambda _name: None
+    #: (service, path, content): write a file into a running service's container; filled by
+    #: the stack (False where nothing can be written: external mode, attached stacks)
+    put_file: Callable[[str, str, bytes], bool] = lambda _s, _p, _c: False
 
     def image(self, service: str) -> str:
         from . import image_for

@@ -142,6 +142,18 @@ class Grafana(Service):
             files={PROVISIONING: (content, 0o644)},
         )
 
+    def on_stack_grew(self, ctx: StackContext, running: Running, added: frozenset[str]) -> None:
+        """Provision the data sources of services started on demand too, and reload them."""
+        import yaml
+
+        content = yaml.safe_dump(provisioning(ctx.services), sort_keys=False).encode()
+        if ctx.put_file(self.name, PROVISIONING, content):
+            base = f"http://{running.host}:{running.host_port(PORT)}"
+            _http.request(
+                "POST", f"{base}/api/admin/provisioning/datasources/reload",
+                auth=(USER, ctx.secrets.get("grafana.password")), timeout=10,
+            )
+
     @staticmethod
     def health_url(running: Running) -> str:
         return f"http://{running.host}:{running.host_port(PORT)}/api/health"

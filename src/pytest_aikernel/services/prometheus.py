@@ -139,6 +139,16 @@ class Prometheus(Service):
             extra_hosts={HOST_ALIAS: "host-gateway"} if uses_host else {},
         )
 
+    def on_stack_grew(self, ctx: StackContext, running: Running, added: frozenset[str]) -> None:
+        """Scrape services started on demand too: rewrite the configuration and reload it."""
+        import yaml
+
+        config, _uses_host = scrape_config(ctx)
+        content = yaml.safe_dump(config, sort_keys=False).encode()
+        if ctx.put_file(self.name, CONFIG, content):
+            url = f"http://{running.host}:{running.host_port(PORT)}/-/reload"
+            _http.request("POST", url, timeout=10)
+
     def probe(self, ctx: StackContext, running: Running) -> None:
         response = _http.request(
             "GET", f"http://{running.host}:{running.host_port(PORT)}/-/ready", timeout=2
