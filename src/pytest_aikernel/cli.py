@@ -50,7 +50,9 @@ def find_ini(start: Path) -> tuple[Path | None, dict[str, str | list[str]]]:
 
     for folder in (start, *start.parents):
         for name, section in (
-            ("pytest.ini", "pytest"), ("pyproject.toml", ""), ("tox.ini", "pytest"),
+            ("pytest.ini", "pytest"),
+            ("pyproject.toml", ""),
+            ("tox.ini", "pytest"),
             ("setup.cfg", "tool:pytest"),
         ):
             path = folder / name
@@ -72,9 +74,7 @@ def find_ini(start: Path) -> tuple[Path | None, dict[str, str | list[str]]]:
             if name == "pytest.ini" or parser.has_section(section):
                 if not parser.has_section(section):
                     return path, {}
-                return path, {
-                    k: v for k, v in parser.items(section) if k.startswith("aikernel_")
-                }
+                return path, {k: v for k, v in parser.items(section) if k.startswith("aikernel_")}
     return None, {}
 
 
@@ -96,7 +96,11 @@ def _settings(args: argparse.Namespace, cwd: Path) -> tuple[Any, Path]:
         ini[opt.field] = value if isinstance(value, (str, list)) else str(value).lower()
     root = inipath.parent if inipath else cwd
     raw = RawSources(
-        cli=cli, ini=ini, env=dict(os.environ), ini_dir=root, cwd=cwd,
+        cli=cli,
+        ini=ini,
+        env=dict(os.environ),
+        ini_dir=root,
+        cwd=cwd,
         inipath=str(inipath) if inipath else "ini file",
     )
     return resolve(raw, registry_mod.names()), root

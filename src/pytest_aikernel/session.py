@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from . import services as registry_mod
 from .errors import DockerUnavailable, StackStartError
@@ -211,8 +210,3 @@ def remove_xdist_stack(share: XdistShare) -> int:
         finally:
             client.close()
     return removed
-
-
-def describe(state: dict[str, Any]) -> str:
-    services = state.get("services", {})
-    return ", ".join(sorted(services))

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 from ..errors import ConfigError
@@ -25,6 +25,9 @@ class MetricsEndpoint:
     bearer_token: str | None = None
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class TestScope:
     """What a per-test fixture knows about the test it isolates."""
@@ -36,8 +39,18 @@ class TestScope:
     worker: str
     #: 0 for "main" and "gw0", n for "gwn"
     worker_index: int
-    #: scratch space kept for the whole session by this fixture (e.g. an admin connection)
+    #: scratch space kept for the whole session by this service's per-test fixtures
     state: dict[str, Any]
+
+    def shared(self, key: str, make: Callable[[], T]) -> T:
+        """The session-wide object ``key`` of this service's per-test fixtures, made once.
+
+        The stack calls ``close()`` on each of them when it stops.
+        """
+        if key not in self.state:
+            self.state[key] = make()
+        value: T = self.state[key]
+        return value
 
 
 class Janitor:

@@ -88,9 +88,7 @@ class IndexPrefix:
 @contextmanager
 def _index_prefix(es: ElasticsearchService, scope: TestScope) -> Iterator[IndexPrefix]:
     prefix = f"{scope.name}-"
-    janitor = scope.state.get("janitor")
-    if janitor is None:
-        janitor = scope.state["janitor"] = Janitor("es-cleanup")
+    janitor = scope.shared("janitor", lambda: Janitor("es-cleanup"))
 
     def cleanup() -> None:
         listing = _http.request("GET", f"{es.url}/_cat/indices/{prefix}*?format=json&h=index")

@@ -150,8 +150,10 @@ class Grafana(Service):
         if ctx.put_file(self.name, PROVISIONING, content):
             base = f"http://{running.host}:{running.host_port(PORT)}"
             _http.request(
-                "POST", f"{base}/api/admin/provisioning/datasources/reload",
-                auth=(USER, ctx.secrets.get("grafana.password")), timeout=10,
+                "POST",
+                f"{base}/api/admin/provisioning/datasources/reload",
+                auth=(USER, ctx.secrets.get("grafana.password")),
+                timeout=10,
             )
 
     @staticmethod

@@ -118,15 +118,12 @@ def _dotted(conf: dict[str, Any]) -> dict[str, Any]:
 @contextmanager
 def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[Callable[..., str]]:
     """A factory of uniquely named topics, deleted after the test."""
-    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = scope.state.get("admin")
-    if admin is None:
-        from confluent_kafka.admin import AdminClient
-
-        # quiet: at the end of the session the broker goes away under this client
-        admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers}, logger=_QUIET)
-        scope.state["admin"] = admin
+    # quiet: at the end of the session the broker goes away under this client
+    admin = scope.shared(
+        "admin", lambda: AdminClient({"bootstrap.servers": kafka.bootstrap_servers}, logger=_QUIET)
+    )
     made: list[str] = []
 
     def make(name: str = "topic", partitions: int = 1) -> str:
@@ -139,9 +136,7 @@ def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[Callable[..., str
         made.append(topic)
         return topic
 
-    janitor = scope.state.get("janitor")
-    if janitor is None:
-        janitor = scope.state["janitor"] = Janitor("kafka-cleanup")
+    janitor = scope.shared("janitor", lambda: Janitor("kafka-cleanup"))
 
     def cleanup(topics: list[str]) -> None:
         for future in admin.delete_topics(topics, operation_timeout=10).values():

@@ -101,9 +101,7 @@ class RollbackSession:
 
 @contextmanager
 def _rollback_session(neo: Neo4jService, scope: TestScope) -> Iterator[RollbackSession]:
-    driver = scope.state.get("driver")
-    if driver is None:
-        driver = scope.state["driver"] = neo.driver()
+    driver = scope.shared("driver", neo.driver)
     session = RollbackSession(driver.session())
     try:
         yield session

@@ -261,9 +261,7 @@ class ClonePool:
 def _cloned_databases(pg: PostgresService, scope: TestScope) -> Iterator[Callable[..., Any]]:
     """A factory of fresh clones of the seeded databases; every clone is dropped after."""
 
-    pool = scope.state.get("pool")
-    if pool is None:
-        pool = scope.state["pool"] = ClonePool(pg, f"aik_{scope.worker.lower()}_pg")
+    pool = scope.shared("pool", lambda: ClonePool(pg, f"aik_{scope.worker.lower()}_pg"))
     made: list[tuple[str, Any]] = []
 
     def clone(dbname: str = CATALOG, **kwargs: Any) -> psycopg.Connection[Any]:
