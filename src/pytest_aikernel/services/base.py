@@ -234,14 +234,27 @@ def endpoint_entry(running: Running, port: int, **extra: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class HttpService:
-    """A service spoken to over HTTP: ``url`` from the test process, ``internal_url`` from
-    containers on the stack network. Subclasses set ``internal_port``'s default."""
+class Endpoint:
+    """A service's address: ``host:port`` from the test process, ``internal_host:internal_port``
+    from containers on the stack network. Subclasses set ``internal_port``'s default."""
 
     host: str
     port: int
     internal_host: str
     internal_port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def internal_address(self) -> str:
+        return f"{self.internal_host}:{self.internal_port}"
+
+
+@dataclass(frozen=True)
+class HttpService(Endpoint):
+    """A service spoken to over HTTP: ``url`` and ``internal_url``."""
 
     @property
     def url(self) -> str:

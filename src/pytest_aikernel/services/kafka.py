@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SeedError
 from ..runtime import ContainerSpec, Running
 from ..runtime.docker import free_loopback_port
-from .base import Isolation, Janitor, Service, StackContext, TestScope, endpoint_entry
+from .base import (
+    Endpoint,
+    Isolation,
+    Janitor,
+    Service,
+    StackContext,
+    TestScope,
+    endpoint_entry,
+)
 
 if TYPE_CHECKING:
     import confluent_kafka
@@ -38,43 +46,37 @@ _QUIET.propagate = False
 
 
 @dataclass(frozen=True)
-class ZookeeperService:
+class ZookeeperService(Endpoint):
     """ZooKeeper of the stack."""
 
-    host: str
-    port: int
-    internal_host: str
     internal_port: int = ZK_PORT
 
     @property
     def connect_string(self) -> str:
         """``127.0.0.1:<port>`` from the test process."""
-        return f"{self.host}:{self.port}"
+        return self.address
 
     @property
     def internal_connect_string(self) -> str:
         """``zookeeper:2181`` from containers on the stack network."""
-        return f"{self.internal_host}:{self.internal_port}"
+        return self.internal_address
 
 
 @dataclass(frozen=True)
-class KafkaService:
+class KafkaService(Endpoint):
     """The Kafka broker of the stack and confluent-kafka client factories."""
 
-    host: str
-    port: int
-    internal_host: str
     internal_port: int = INTERNAL_PORT
 
     @property
     def bootstrap_servers(self) -> str:
         """``127.0.0.1:<port>``: the broker as advertised to the test process."""
-        return f"{self.host}:{self.port}"
+        return self.address
 
     @property
     def internal_bootstrap_servers(self) -> str:
         """``kafka:9092``: the broker as advertised to containers on the stack network."""
-        return f"{self.internal_host}:{self.internal_port}"
+        return self.internal_address
 
     def producer(self, **conf: Any) -> confluent_kafka.Producer:
         """A ``confluent_kafka.Producer``; ``conf`` adds to or overrides librdkafka settings."""
