@@ -6,6 +6,7 @@ Public objects are re-exported here; importing this package imports no client li
 from __future__ import annotations
 
 from .errors import (
+    AikernelConfigWarning,
     AikernelError,
     ConfigError,
     ContainerExited,
@@ -32,6 +33,7 @@ from .stack import Stack
 __version__ = "0.1.0"
 
 __all__ = [
+    "AikernelConfigWarning",
     "AikernelError",
     "ConfigError",
     "ContainerExited",

@@ -20,11 +20,14 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import services as registry_mod
-from .errors import AikernelError
-from .settings import OPTIONS, RawSources, resolve
+from .errors import AikernelError, ConfigError
+from .settings import OPTIONS, Settings, raw_sources, resolve, unknown_env
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -40,70 +43,95 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
             group.add_argument(opt.cli, dest=opt.field, metavar=opt.metavar, help=opt.help)
 
 
-def find_ini(start: Path) -> tuple[Path | None, dict[str, str | list[str]]]:
-    """The pytest configuration file pytest would use from ``start``, and its aikernel_* keys.
+def load_pytest_config(
+    cwd: Path, config_file: str | None = None, rootdir: str | None = None
+) -> pytest.Config:
+    """pytest's configuration for a run started in ``cwd`` with these ``-c``/``--rootdir``.
 
-    Looked for upwards as pytest does: pytest.ini, pyproject.toml with [tool.pytest.ini_options],
-    tox.ini with [pytest], setup.cfg with [tool:pytest]; the first file that has the section wins.
+    pytest builds it itself, so every rule of pytest applies: which file configures the project
+    (pytest.toml, .pytest.toml, pytest.ini, .pytest.ini, pyproject.toml with [tool.pytest] or
+    [tool.pytest.ini_options], tox.ini, setup.cfg), the rootdir, ``-c`` and ``--rootdir``,
+    ``addopts``, ``PYTEST_ADDOPTS``, ``-o`` in them, the plugins and the initial conftest files.
+
+    pytest has no public function that only finds the configuration: ``determine_setup`` and
+    ``_prepareconfig`` are private and changed their signatures between pytest 8 and 9, and a
+    ``pytest`` subprocess costs a second interpreter. So this runs :func:`pytest.main` (public)
+    with a plugin that takes the parsed Config in ``pytest_cmdline_main`` and ends the run
+    there, as ``pytest --help`` and ``pytest --fixtures`` do: no session, no collection, no
+    ``pytest_configure``. Raise ConfigError when pytest rejects its configuration (pytest has
+    then printed why on stderr, or raised it).
     """
-    import configparser
-
-    for folder in (start, *start.parents):
-        for name, section in (
-            ("pytest.ini", "pytest"),
-            ("pyproject.toml", ""),
-            ("tox.ini", "pytest"),
-            ("setup.cfg", "tool:pytest"),
-        ):
-            path = folder / name
-            if not path.is_file():
-                continue
-            if name == "pyproject.toml":
-                if sys.version_info >= (3, 11):
-                    import tomllib
-                else:  # pragma: no cover - pytest depends on tomli there
-                    import tomli as tomllib  # type: ignore[no-redef, import-not-found, unused-ignore]
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-                table = data.get("tool", {}).get("pytest", {}).get("ini_options")
-                if table is None:
-                    continue
-                values = {k: v for k, v in table.items() if k.startswith("aikernel_")}
-                return path, values
-            parser = configparser.ConfigParser(interpolation=None)
-            parser.read(path, encoding="utf-8")
-            if name == "pytest.ini" or parser.has_section(section):
-                if not parser.has_section(section):
-                    return path, {}
-                return path, {k: v for k, v in parser.items(section) if k.startswith("aikernel_")}
-    return None, {}
-
-
-def _settings(args: argparse.Namespace, cwd: Path) -> tuple[Any, Path]:
-    """Settings as pytest would read them from ``cwd``, and the rootdir of the project."""
     import os
 
-    inipath, values = find_ini(cwd)
-    cli = {opt.field: getattr(args, opt.field, None) for opt in OPTIONS}
+    import pytest
+
+    from . import plugin
+
+    class Catch:
+        config: pytest.Config | None = None
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_cmdline_main(self, config: pytest.Config) -> pytest.ExitCode:
+            if not config.pluginmanager.is_registered(plugin):
+                # pytest would not load the plugin here (plugin autoload disabled, or
+                # -p no:aikernel): register it now so that its ini keys can be read; its
+                # pytest_addoption is historic and runs at once, pytest_configure does not run
+                config.pluginmanager.register(plugin, "aikernel-up")
+            self.config = config
+            return pytest.ExitCode.OK
+
+    # Config-time warnings are not ours to report, and a project's filterwarnings = error would
+    # turn one (this package is imported before pytest can rewrite it) into a failure.
+    args = ["-p", "no:warnings"]
+    if config_file is not None:
+        args.append(f"--config-file={config_file}")
+    if rootdir is not None:
+        args.append(f"--rootdir={rootdir}")
+    catch = Catch()
+    before = Path.cwd()
+    os.chdir(cwd)  # pytest takes the invocation folder from the process
+    try:
+        code = pytest.main(args, plugins=[catch])
+    except Exception as exc:  # pytest reports most errors itself; older ones escape (pytest 7)
+        raise ConfigError(
+            f"pytest could not read its configuration in {cwd}: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        os.chdir(before)
+    if catch.config is None:
+        raise ConfigError(
+            f"pytest could not read its configuration in {cwd} (exit code {int(code)}; its "
+            "message is above)"
+        )
+    return catch.config
+
+
+def _settings(args: argparse.Namespace, cwd: Path) -> tuple[Settings, Path]:
+    """Settings as pytest would read them from ``cwd``, and the rootdir of the project.
+
+    The options of ``aikernel up`` count as if typed after ``pytest`` on its command line:
+    after ``addopts`` and ``PYTEST_ADDOPTS``, so a setting given here replaces theirs and a
+    repeatable one adds to theirs. Unknown ``AIKERNEL_*`` variables are warned about on stderr.
+    """
+    import dataclasses
+
+    config = load_pytest_config(
+        cwd, getattr(args, "config_file", None), getattr(args, "rootdir", None)
+    )
+    raw = raw_sources(config)
+    cli = dict(raw.cli)
+    for opt in OPTIONS:
+        mine = getattr(args, opt.field, None)
+        if mine is None:
+            continue
+        theirs = cli.get(opt.field)
+        cli[opt.field] = [*theirs, *mine] if opt.repeatable and isinstance(theirs, list) else mine
     cli["reuse"] = "true"
     cli["mode"] = "docker"
-    ini: dict[str, str | list[str] | None] = {}
-    for opt in OPTIONS:
-        value = values.get(opt.ini)
-        if value is None:
-            continue
-        if opt.repeatable and isinstance(value, str):
-            value = [line for line in value.splitlines() if line.strip()]
-        ini[opt.field] = value if isinstance(value, (str, list)) else str(value).lower()
-    root = inipath.parent if inipath else cwd
-    raw = RawSources(
-        cli=cli,
-        ini=ini,
-        env=dict(os.environ),
-        ini_dir=root,
-        cwd=cwd,
-        inipath=str(inipath) if inipath else "ini file",
-    )
-    return resolve(raw, registry_mod.names()), root
+    known = registry_mod.names()
+    for message in unknown_env(raw.env, known):
+        print(f"aikernel: warning: {message}", file=sys.stderr)
+    return resolve(dataclasses.replace(raw, cli=cli), known), config.rootpath
 
 
 def _progress(event: Any) -> None:
@@ -114,10 +142,12 @@ def _progress(event: Any) -> None:
         )
     elif event.kind in ("reused", "replaced", "swept"):
         print(f"aikernel: {event.kind} {event.detail}", file=sys.stderr)
+    elif event.kind == "note":
+        print(f"aikernel: {event.detail}", file=sys.stderr)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .session import StartFailed, open_stack
+    from .lease import StartFailed, open_stack
 
     requested = args.services or list(registry_mod.names())
     registry_mod.check_names(requested, "aikernel up")
@@ -153,7 +183,9 @@ def _stacks(client: Any) -> dict[str, list[Any]]:
     from .runtime.docker import LABEL_SESSION
 
     out: dict[str, list[Any]] = {}
-    for container in client.containers.list(all=True, filters={"label": [LABEL_SESSION]}):
+    for container in client.containers.list(
+        all=True, ignore_removed=True, filters={"label": [LABEL_SESSION]}
+    ):
         out.setdefault(container.labels[LABEL_SESSION], []).append(container)
     return out
 
@@ -174,16 +206,16 @@ def _age(created: str) -> str:
 
 
 def _kind(container: Any) -> str:
+    from .lease import LABEL_REUSE
     from .runtime.docker import LABEL_OWNER, Owner
-    from .session import LABEL_REUSE
 
     if LABEL_REUSE in container.labels:
-        return f"reused (key {container.labels[LABEL_REUSE]})"
+        return "reused"
     owner = Owner.parse(container.labels.get(LABEL_OWNER, ""))
     if owner is None:
         return "unknown owner"
     state = "dead" if owner.is_dead() else "live"
-    return f"{state} session of pid {owner.pid} on {owner.host}"
+    return f"{state} session of {owner.describe()}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -211,29 +243,82 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    """Reused stacks (services no live run holds; all with --force), dead sessions' leftovers,
+    and live sessions' stacks with --all."""
+    from .lease import LABEL_PROJECT, LABEL_REUSE, cache_dir, remove_reused
     from .runtime.docker import LABEL_OWNER, LABEL_SESSION, Owner, docker_client, remove_by_labels
-    from .session import LABEL_REUSE, cache_dir
-    from .shared import clear_state
 
-    client = docker_client()
     removed = 0
+    kept = 0
+    ours: set[str] = set()
+    for folder in sorted((cache_dir() / "reuse").glob("*")):
+        if not folder.is_dir():
+            continue
+        ours.add(folder.name)
+        gone, held = remove_reused(folder, force=args.force)
+        removed += len(gone)
+        if gone:
+            print(f"removed reused {', '.join(gone)} (project {folder.name})", file=sys.stderr)
+        for service, holders in sorted(held.items()):
+            kept += 1
+            print(
+                f"kept reused {service} (project {folder.name}): in use by {', '.join(holders)}; "
+                "`aikernel down --force` removes it anyway",
+                file=sys.stderr,
+            )
+        _remove_empty(folder)
+    client = docker_client()
     try:
         for session, containers in sorted(_stacks(client).items()):
             labels = containers[0].labels
-            owner = Owner.parse(labels.get(LABEL_OWNER, ""))
-            reused = LABEL_REUSE in labels
-            dead = owner is not None and owner.is_dead()
-            if reused or dead or args.all:
-                count = remove_by_labels(client, {LABEL_SESSION: session})
-                removed += count
-                why = "reused" if reused else ("dead" if dead else "live, --all")
-                print(f"removed session {session} ({why}): {count} containers", file=sys.stderr)
-        for state_dir in (cache_dir() / "reuse").glob("*"):
-            clear_state(state_dir)
+            if LABEL_REUSE in labels:
+                project = labels.get(LABEL_PROJECT, "")
+                if project in ours and not args.force:
+                    continue  # governed by its project's leases, above
+                if not args.force:
+                    kept += len(containers)
+                    print(
+                        f"kept reused session {session}: its project ({project or '?'}) has no "
+                        "state in this cache folder (another machine or user?); --force removes "
+                        "it",
+                        file=sys.stderr,
+                    )
+                    continue
+                why = "reused, --force"
+            else:
+                owner = Owner.parse(labels.get(LABEL_OWNER, ""))
+                dead = owner is not None and owner.is_dead()
+                if not (dead or args.all):
+                    continue
+                why = "dead" if dead else "live, --all"
+            count = remove_by_labels(client, {LABEL_SESSION: session})
+            removed += count
+            print(f"removed session {session} ({why}): {count} containers", file=sys.stderr)
     finally:
         client.close()
-    print(f"aikernel: removed {removed} containers", file=sys.stderr)
+    print(
+        f"aikernel: removed {removed} containers" + (f", kept {kept} in use" if kept else ""),
+        file=sys.stderr,
+    )
     return 0
+
+
+def _remove_empty(folder: Path) -> None:
+    """Remove the project folder's empty lease folders, and the folder itself once it holds
+    nothing but its lock file."""
+    import contextlib
+
+    from .shared import LOCK, STATE
+
+    for leases in sorted(folder.glob("leases/*"), reverse=True):
+        with contextlib.suppress(OSError):
+            leases.rmdir()
+    with contextlib.suppress(OSError):
+        (folder / "leases").rmdir()
+    if not (folder / STATE).exists() and [p.name for p in folder.iterdir()] == [LOCK]:
+        with contextlib.suppress(OSError):
+            (folder / LOCK).unlink()
+            folder.rmdir()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,6 +338,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SERVICE",
         help=f"services to start (default: all): {', '.join(registry_mod.names())}",
     )
+    up.add_argument(
+        "-c",
+        "--config-file",
+        dest="config_file",
+        metavar="FILE",
+        help="pytest's configuration file, as `pytest -c FILE` (default: the one pytest finds "
+        "from the current folder)",
+    )
+    up.add_argument(
+        "--rootdir",
+        metavar="DIR",
+        help="the project's rootdir, as `pytest --rootdir DIR` (default: the one pytest "
+        "finds); it identifies the reused stack that `pytest --aikernel-reuse` shares",
+    )
     _add_settings(up)
     up.set_defaults(func=cmd_up)
     status = sub.add_parser(
@@ -265,9 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "down",
         help="remove reused stacks and leftovers of dead sessions",
         description="Remove reused stacks and the containers of sessions whose process is dead. "
-        "Stacks of running sessions stay unless --all is given.",
+        "Reused services that a running pytest holds stay unless --force is given; stacks of "
+        "running sessions stay unless --all is given.",
     )
     down.add_argument("--all", action="store_true", help="also remove stacks of live sessions")
+    down.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove reused services that a running process holds, and reused stacks of "
+        "projects this cache folder does not know",
+    )
     down.set_defaults(func=cmd_down)
     args = parser.parse_args(argv)
     try:
@@ -275,6 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AikernelError as exc:
         print(f"aikernel: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `aikernel status | head`: the reader left; nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -75,3 +75,12 @@ class StackStartError(AikernelError):
 
 class ReplicationTimeout(AikernelError, TimeoutError):
     """A replica did not replay the primary's writes within the given timeout."""
+
+
+class AikernelConfigWarning(UserWarning):
+    """A setting is suspicious but not fatal, e.g. an ``AIKERNEL_*`` env var that names nothing.
+
+    Shown in pytest's warnings summary. Silence it with
+    ``filterwarnings = ["ignore::pytest_aikernel.AikernelConfigWarning"]``; where a
+    ``filterwarnings`` or ``-W`` setting makes it an error, the run stops with a usage error.
+    """

@@ -1,22 +1,30 @@
 """Settings: one table of options, read once into a frozen dataclass.
 
 Every setting is a command-line option, an ini key and an ``AIKERNEL_*`` environment variable.
-Precedence is CLI > ini > env > default, decided by explicit "was it given" checks. The table
-below is the single source of the option names and help texts: the pytest parser,
-``pytest --help`` and docs/configuration.md all come from it.
+Precedence is CLI > env > ini > default (pytest-django's order: the environment of one run, such
+as the exports of ``eval "$(aikernel up)"``, beats the checked-in configuration file), decided by
+explicit "was it given" checks. ``-o aikernel_x=...`` is part of the command line: it ranks below
+the ``--aikernel-x`` option and above the environment. Images are decided per service with the
+same order. The table below is the single source of the option names and help texts: the pytest
+parser, ``pytest --help`` and docs/configuration.md all come from it.
+
+An ``AIKERNEL_*`` environment variable that names no setting and nothing else the plugin reads (a
+typo) is ignored with an :class:`~pytest_aikernel.errors.AikernelConfigWarning` that names the
+closest known variable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .errors import ConfigError
+from .errors import AikernelConfigWarning, ConfigError
 
 if TYPE_CHECKING:
     import pytest
@@ -265,8 +273,9 @@ class Settings:
     reuse: bool = False
     mode: Literal["docker", "external"] = "docker"
     seed_external: bool = False
-    #: where each setting came from ("--aikernel-image", "ini aikernel_images", "env ...",
-    #: "default"), for messages that tell the user which setting to change.
+    #: where each setting came from ("--aikernel-image", "-o aikernel_images",
+    #: "ini aikernel_images (<file>)", "env ...", "default"), for messages that tell the user
+    #: which setting to change.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, field_name: str) -> str:
@@ -331,59 +340,95 @@ class RawSources:
     ini_dir: Path
     cwd: Path
     inipath: str = "ini file"
+    #: ini keys given with ``-o``/``--override-ini`` (pytest's command line, its ``addopts`` or
+    #: ``PYTEST_ADDOPTS``): they rank with the command line, below the ``--aikernel-*`` option
+    override: Mapping[str, str | list[str] | None] = field(default_factory=dict)
 
 
-def read_settings(config: pytest.Config, known_services: Sequence[str]) -> Settings:
-    """Read every setting from ``config`` (CLI, ini) and ``os.environ``; raise ConfigError."""
+def raw_sources(config: pytest.Config) -> RawSources:
+    """What the command line, ``-o``, the configuration file and ``os.environ`` give."""
+    overridden = _override_keys(config.getoption("override_ini", None))
     cli: dict[str, str | list[str] | None] = {}
     ini: dict[str, str | list[str] | None] = {}
+    override: dict[str, str | list[str] | None] = {}
     for opt in OPTIONS:
         cli[opt.field] = config.getoption(_dest(opt))
         value = config.getini(opt.ini)
-        ini[opt.field] = None if value is _UNSET_INI or value is _UNSET_INI_LIST else value
+        value = None if value is _UNSET_INI or value is _UNSET_INI_LIST else value
+        # getini gives the -o value when there is one: it hides the file's value, as in pytest
+        (override if opt.ini in overridden else ini)[opt.field] = value
     inipath = config.inipath
-    raw = RawSources(
+    return RawSources(
         cli=cli,
         ini=ini,
+        override=override,
         env=dict(os.environ),
         ini_dir=inipath.parent if inipath else config.rootpath,
         cwd=Path(config.invocation_params.dir),
         inipath=str(inipath) if inipath else "ini file",
     )
+
+
+def _override_keys(values: Sequence[str] | None) -> frozenset[str]:
+    """The ini keys named by ``-o KEY=VALUE`` arguments (pytest's ``override_ini`` option).
+
+    ``config.getoption("override_ini")`` holds every ``-o`` of the effective command line, that
+    is with ``addopts`` and ``PYTEST_ADDOPTS`` too; ``config.invocation_params.args`` would miss
+    those.
+    """
+    return frozenset(v.partition("=")[0].strip() for v in values or () if "=" in v)
+
+
+def read_settings(config: pytest.Config, known_services: Sequence[str]) -> Settings:
+    """Read every setting from ``config`` (CLI, -o, ini) and ``os.environ``; raise ConfigError.
+
+    Unknown ``AIKERNEL_*`` environment variables become :class:`AikernelConfigWarning` in
+    pytest's warnings summary; where a ``filterwarnings`` or ``-W`` setting turns that warning
+    into an error, it is a ConfigError (a usage error) instead of a crash in pytest_configure.
+    """
+    raw = raw_sources(config)
+    for message in unknown_env(raw.env, known_services):
+        try:
+            config.issue_config_time_warning(AikernelConfigWarning(message), stacklevel=2)
+        except AikernelConfigWarning:
+            raise ConfigError(
+                f"{message} (an error here because a filterwarnings or -W setting makes "
+                "AikernelConfigWarning one)"
+            ) from None
     return resolve(raw, known_services)
 
 
 def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
-    """Apply precedence CLI > ini > env > default and validate every value."""
+    """Apply precedence CLI > -o > env > ini > default and validate every value."""
     sources: dict[str, str] = {}
 
     def pick(name: str) -> tuple[str | list[str] | None, str, Path]:
         opt = OPTIONS_BY_FIELD[name]
         if raw.cli.get(name) is not None:
             return raw.cli[name], opt.cli, raw.cwd
-        if raw.ini.get(name) is not None:
-            return raw.ini[name], f"ini {opt.ini} ({raw.inipath})", raw.ini_dir
+        if raw.override.get(name) is not None:
+            return raw.override[name], f"-o {opt.ini}", raw.ini_dir
         if opt.env in raw.env:
             return raw.env[opt.env], f"env {opt.env}", raw.cwd
+        if raw.ini.get(name) is not None:
+            return raw.ini[name], f"ini {opt.ini} ({raw.inipath})", raw.ini_dir
         return None, "default", raw.cwd
 
-    # images: per service, each route may give some; CLI > ini > env per service.
+    # images: per service, each route may give some; CLI > -o > env > ini per service: the
+    # routes are applied from the lowest, each replacing what lower ones gave for a service.
     images: dict[str, str] = {}
     image_sources: dict[str, str] = {}
-    env_images = _env_images(raw.env, known_services)
-    for service, (image, src) in env_images.items():
+
+    def take_images(lines: str | list[str] | None, src: str) -> None:
+        if lines is not None:
+            for service, image in _parse_image_lines(_as_list(lines), src, known_services):
+                images[service], image_sources[service] = image, src
+
+    take_images(raw.ini.get("images"), f"ini aikernel_images ({raw.inipath})")
+    for service, (image, src) in _env_images(raw.env, known_services).items():
         images[service], image_sources[service] = image, src
-    ini_images = raw.ini.get("images")
-    if ini_images is not None:
-        src = f"ini aikernel_images ({raw.inipath})"
-        for service, image in _parse_image_lines(_as_list(ini_images), src, known_services):
-            images[service], image_sources[service] = image, src
-    cli_images = raw.cli.get("images")
-    if cli_images is not None:
-        for service, image in _parse_image_lines(
-            _as_list(cli_images), "--aikernel-image", known_services
-        ):
-            images[service], image_sources[service] = image, "--aikernel-image"
+    take_images(raw.override.get("images"), "-o aikernel_images")
+    take_images(raw.cli.get("images"), "--aikernel-image")
     for service, src in image_sources.items():
         sources[f"images.{service}"] = src
 
@@ -537,20 +582,107 @@ def env_name_for_image(service: str) -> str:
 
 
 def _env_images(env: Mapping[str, str], known: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """The ``AIKERNEL_IMAGE_<SERVICE>`` variables of known services (others: see unknown_env)."""
     by_env = {env_name_for_image(s): s for s in known}
     found: dict[str, tuple[str, str]] = {}
     for key, value in env.items():
-        if not key.startswith("AIKERNEL_IMAGE_"):
-            continue
         if key not in by_env:
-            raise ConfigError(
-                f"env {key}: unknown service {key[len('AIKERNEL_IMAGE_') :]!r}; known services: "
-                f"{', '.join(known)} (env names: {', '.join(sorted(by_env))})"
-            )
+            continue
         if not value.strip():
             raise ConfigError(f"env {key}: empty image name; unset it to use the default image")
         found[by_env[key]] = (value.strip(), f"env {key}")
     return found
+
+
+# --------------------------------------------------------------------------------------------
+# unknown AIKERNEL_* environment variables
+
+
+def unknown_env(env: Mapping[str, str], known_services: Sequence[str]) -> list[str]:
+    """One message per ``AIKERNEL_*`` variable of ``env`` that the plugin does not read.
+
+    Such a variable is most likely a typo (``AIKERNEL_STARTUP_TIMEOUTT``) or the image of an
+    unknown service; it is ignored, and the message names the closest known variable.
+    """
+    names = sorted(k for k in env if k.startswith("AIKERNEL_"))
+    if not names:
+        return []
+    known = known_env_names(known_services)
+    images = sorted(env_name_for_image(s) for s in known_services)
+    messages = []
+    for name in names:
+        if name in known:
+            continue
+        if name.startswith("AIKERNEL_IMAGE_"):
+            service = name[len("AIKERNEL_IMAGE_") :].lower().replace("_", "-")
+            text = (
+                f"env {name}: unknown service {service!r}, the variable is ignored; known "
+                f"services: {', '.join(known_services)}"
+            )
+            close = _closest(name, images, "AIKERNEL_IMAGE_")
+            hint = ""
+        else:
+            text = f"env {name} is not a pytest-aikernel setting and is ignored"
+            close = _closest(name, sorted(known), "AIKERNEL_")
+            hint = " (the known variables are in docs/configuration.md and `pytest --help`)"
+        messages.append(text + (f"; did you mean {close}?" if close else hint))
+    return messages
+
+
+def _closest(name: str, candidates: Sequence[str], prefix: str) -> str | None:
+    """The candidate most like ``name``, compared without the ``prefix`` they all share (which
+    would make any two names look alike)."""
+    import difflib
+
+    tails = {c[len(prefix) :]: c for c in candidates if c.startswith(prefix)}
+    close = difflib.get_close_matches(name[len(prefix) :], list(tails), n=1)
+    return tails[close[0]] if close else None
+
+
+def known_env_names(known_services: Sequence[str]) -> frozenset[str]:
+    """Every ``AIKERNEL_*`` variable the plugin reads: settings, images, external-mode addresses."""
+    names = {opt.env for opt in OPTIONS if opt.field != "images"}
+    names.update(env_name_for_image(s) for s in known_services)
+    names.update(_external_env_names())
+    return frozenset(names)
+
+
+def _external_env_names() -> frozenset[str]:
+    """The variables each service reads in external mode (``AIKERNEL_<SERVICE>_URL`` ...).
+
+    Each service names its main variable in ``external_env``; some read more (Vault's token,
+    Jaeger's OTLP ports). Calling ``external()`` on an empty environment that records every
+    lookup finds them all from the service modules themselves, with no second list to keep.
+    """
+    from .services import registry  # lazily: services import this module
+
+    names: set[str] = set()
+    for svc in registry().values():
+        if svc.external_env:
+            names.add(svc.external_env)
+        probe = _RecordingEnv()
+        # the defaults always parse; should one not, its main variable is still known
+        with contextlib.suppress(Exception):
+            svc.external(probe)
+        names.update(probe.looked_up)
+    return frozenset(names)
+
+
+class _RecordingEnv(Mapping[str, str]):
+    """An empty environment that remembers the names looked up in it."""
+
+    def __init__(self) -> None:
+        self.looked_up: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.looked_up.add(key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 def _parse_image_lines(
