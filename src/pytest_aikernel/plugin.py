@@ -13,8 +13,8 @@ import pytest
 
 from . import services as registry_mod
 from .errors import ConfigError, DockerUnavailable
+from .lease import StartFailed, XdistShare, open_stack, remove_xdist_stack
 from .services import Isolation
-from .session import StartFailed, XdistShare, open_stack, remove_xdist_stack
 from .settings import OPTIONS_BY_FIELD, Settings, add_options, read_settings
 from .stack import Stack, StackEvent, StackHooks
 
@@ -25,6 +25,8 @@ settings_key = pytest.StashKey[Settings]()
 wanted_key = pytest.StashKey[frozenset[str]]()
 stack_key = pytest.StashKey[Stack]()
 docker_error_key = pytest.StashKey[str]()
+#: the first test whose setup reported the failed start in full
+failure_key = pytest.StashKey[str]()
 
 
 # ---- options and configuration ------------------------------------------------------------------
@@ -86,6 +88,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         )
     except DockerUnavailable as exc:
         lines.append(f"aikernel: {exc}")
+    else:
+        if settings.mode != "external":
+            from .runtime import reaper
+
+            lines.append(f"aikernel: {reaper.status()}")
     for service, image in settings.images.items():
         lines.append(
             f"aikernel: image {service}={image} (from {settings.source_of('images.' + service)})"
@@ -127,10 +134,12 @@ def _needs(item: pytest.Item) -> set[str]:
     return needed
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
+@pytest.hookimpl(tryfirst=True)  # before the terminal reporter prints the collection summary
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The services to start, from the tests that will really run: after every deselection
+    (``-k``, ``-m``, ``--lf``, ``--sw``, other plugins), which ends before this hook."""
+    config = session.config
+    items = session.items
     if settings_key not in config.stash:
         return
     wanted: set[str] = set()
@@ -199,7 +208,36 @@ def pytest_configure_node(node: Any) -> None:
             owner=Owner.current().label(),
         )
         config.stash[xdist_share_key] = share
+        _watch_for_ryuk(config, share)
     node.workerinput["aikernel_share"] = [share.folder, share.session_id, share.owner]
+
+
+ryuk_watch_key = pytest.StashKey[Any]()
+
+
+def _watch_for_ryuk(config: pytest.Config, share: XdistShare) -> None:
+    """The controller outlives its workers, so it is the one that asks Ryuk to remove the
+    run's stack if the run is killed: once a worker has written the stack's state."""
+    import threading
+    from pathlib import Path
+
+    from .runtime import reaper
+    from .runtime.docker import LABEL_SESSION
+    from .shared import read_state
+
+    done = threading.Event()
+    config.stash[ryuk_watch_key] = done
+
+    def watch() -> None:
+        folder = Path(share.folder)
+        while not done.wait(0.2):
+            state = read_state(folder)
+            if state is not None and state.get("session_id") == share.session_id:
+                reaper.register({LABEL_SESSION: share.session_id})
+                return
+
+    if not reaper.disabled_reason():
+        threading.Thread(target=watch, name="aikernel-ryuk-watch", daemon=True).start()
 
 
 def _xdist_share(config: pytest.Config) -> XdistShare | None:
@@ -216,9 +254,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     import shutil
 
-    settings = config.stash.get(settings_key, None)
-    if settings is None or not settings.reuse:
-        remove_xdist_stack(share)
+    done = config.stash.get(ryuk_watch_key, None)
+    if done is not None:
+        done.set()
+    # reuse and external runs have no run stack, unless a held reused service made the workers
+    # fall back to one: removing by the run's session label is right in every case
+    remove_xdist_stack(share)
     shutil.rmtree(share.folder, ignore_errors=True)
 
 
@@ -237,11 +278,13 @@ def _reporter(config: pytest.Config) -> Callable[[StackEvent], None]:
         elif event.kind == "summary":
             text = f"aikernel: {event.detail} ready in {event.elapsed:.2f} s"
         elif event.kind == "reused":
-            text = f"aikernel: reusing the running stack ({event.detail})"
+            text = f"aikernel: reusing {event.detail}"
         elif event.kind == "replaced":
-            text = f"aikernel: replacing the reused stack: {event.detail}"
+            text = f"aikernel: replacing reused {event.detail}"
         elif event.kind == "swept":
             text = f"aikernel: removed leftovers of dead sessions: {event.detail}"
+        elif event.kind == "note":
+            text = f"aikernel: {event.detail}"
         else:
             return
         if capture is not None:
@@ -275,6 +318,7 @@ def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
     wanted = pytestconfig.stash.get(wanted_key, frozenset())
     began = time.monotonic()
     failure = ""
+    elsewhere = False
     try:
         stack = open_stack(
             settings,
@@ -286,8 +330,9 @@ def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
         )
     except StartFailed as exc:
         failure = str(exc)
+        elsewhere = exc.elsewhere
     if failure:
-        pytest.fail(failure, pytrace=False)
+        raise StackFailed(failure, elsewhere=elsewhere)
     pytestconfig.stash[stack_key] = stack
     if wanted:
         _reporter(pytestconfig)(
@@ -321,9 +366,49 @@ def _aikernel_marker(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue(STACK_FIXTURE)
 
 
+class StackFailed(pytest.fail.Exception):  # type: ignore[misc, name-defined]
+    """The stack (or a service asked for later) could not be had. The first test that meets it
+    shows the whole report; later tests get one line that points to it."""
+
+    def __init__(self, message: str, *, elsewhere: bool = False) -> None:
+        super().__init__(message, pytrace=False)
+        #: the report was already shown by another xdist worker
+        self.elsewhere = elsewhere
+
+
+def _grow(stack: Stack, service: str) -> None:
+    """Start ``service`` on demand (through the stack's lease); a failure fails the test."""
+    failure = ""
+    try:
+        stack.start([service])
+    except StartFailed as exc:
+        failure = str(exc)
+    if failure:
+        raise StackFailed(failure)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    excinfo = call.excinfo
+    if call.when != "setup" or excinfo is None or not isinstance(excinfo.value, StackFailed):
+        return report
+    headline = str(excinfo.value).strip().splitlines()[0]
+    first = item.config.stash.get(failure_key, None)
+    if excinfo.value.elsewhere:
+        report.longrepr = (
+            f"{headline} (reported in full by the test that tried first, in another xdist worker)"
+        )
+    elif first is None:
+        item.config.stash[failure_key] = item.nodeid
+    elif first != item.nodeid:
+        report.longrepr = f"{headline} (reported in full at {first})"
+    return report
+
+
 def _make_service_fixture(service: str) -> Any:
     def fixture(_aikernel_session_stack: Stack) -> Any:
-        _aikernel_session_stack.start([service])
+        _grow(_aikernel_session_stack, service)
         return _aikernel_session_stack[service]
 
     fixture.__doc__ = registry_mod.registry()[service].fixture_doc
@@ -333,7 +418,7 @@ def _make_service_fixture(service: str) -> Any:
 
 def _make_isolation_fixture(service: str, iso: Isolation) -> Any:
     def fixture(_aikernel_session_stack: Stack) -> Iterator[Any]:
-        _aikernel_session_stack.start([service])
+        _grow(_aikernel_session_stack, service)
         scope = _aikernel_session_stack.test_scope(service)
         with iso.make(_aikernel_session_stack[service], scope) as value:
             yield value

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import services as registry_mod
 from .errors import (
@@ -27,10 +27,13 @@ from .errors import (
     StackStartError,
 )
 from .runtime import ContainerSpec, Running
-from .runtime.docker import DockerRuntime, Owner, new_session_id, sweep_dead_sessions
+from .runtime.docker import DockerRuntime, Owner, new_session_id
 from .secrets import SecretStore
 from .services import Service, StackContext, TestScope
 from .settings import OPTIONS_BY_FIELD, Settings, env_name_for_image
+
+if TYPE_CHECKING:
+    from .lease import Lease
 
 #: readiness probes are retried this often (seconds)
 POLL_INTERVAL = 0.05
@@ -55,7 +58,7 @@ class StackHooks:
 class StackEvent:
     """Progress reported while the stack starts."""
 
-    kind: str  # "ready", "swept", "started"
+    kind: str  # "ready", "swept", "started", "reused", "replaced", "note"
     service: str = ""
     #: seconds from the service's container start to ready (and seeded)
     elapsed: float = 0.0
@@ -67,7 +70,11 @@ class _Aborted(Exception):
 
 
 class Stack:
-    """A running set of services. ``stack[name]`` is a service's public object."""
+    """A running set of services. ``stack[name]`` is a service's public object.
+
+    Who may start, grow and remove it is its lease's business (``lease.py``): a ``Stack(settings)``
+    made directly is a plain one, owned by this process and removed by :meth:`stop`.
+    """
 
     def __init__(
         self,
@@ -79,16 +86,23 @@ class Stack:
         owner: Owner | None = None,
         extra_labels: Mapping[str, str] | None = None,
         hooks: StackHooks | None = None,
+        lease: Lease | None = None,
+        network: str | None = None,
     ) -> None:
+        from .lease import PlainLease
+
         self.settings = settings
         self.hooks = hooks or StackHooks()
         self.session_id = session_id or new_session_id()
         self.runtime = runtime or DockerRuntime(
-            self.session_id, owner=owner, extra_labels=extra_labels
+            self.session_id, owner=owner, extra_labels=extra_labels, network=network
         )
-        #: False for a stack attached to containers another process owns (xdist, reuse):
-        #: stop() then leaves the containers running
-        self.owned = True
+        #: who holds this stack: decides how it grows and what stop() removes
+        self.lease: Lease = lease or PlainLease()
+        #: service -> extra container labels (reuse keys), set by the lease
+        self.service_labels: Callable[[str], Mapping[str, str]] = lambda _name: {}
+        #: services whose seeding another process did already (external mode under xdist)
+        self.seeded_elsewhere: frozenset[str] = frozenset()
         self.secrets = SecretStore()
         self._registry = registry_mod.registry()
         self._on_event = on_event or (lambda _e: None)
@@ -101,7 +115,6 @@ class Stack:
             put_file=self._put_file,
         )
         self._ready: dict[str, threading.Event] = {}
-        self._swept = False
         self._closed = False
         #: seconds each service took from its container start to ready and seeded
         self.timings: dict[str, float] = {}
@@ -167,22 +180,29 @@ class Stack:
     # ---- start --------------------------------------------------------------------------------
 
     def start(self, names: Iterable[str]) -> None:
-        """Start ``names`` and their dependencies (those not running yet), in parallel."""
+        """Have ``names`` and their dependencies in this stack: those that are missing are
+        started (or attached, when another process of the same stack started them) through the
+        stack's lease, under its lock."""
         if self._closed:
             raise AikernelError("this stack was stopped; it cannot start services again")
         requested = list(names)
         registry_mod.check_names(requested, "pytest-aikernel")
-        wanted = registry_mod.closure(requested)
-        new = [n for n in registry_mod.start_order(wanted) if n not in self._ctx.exposed]
+        if registry_mod.closure(requested) <= self._ctx.exposed.keys():
+            return
+        self.lease.grow(self, requested)
+
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """The services of ``names`` (and their dependencies) not in this stack, in start order."""
+        wanted = registry_mod.closure(names)
+        return [n for n in registry_mod.start_order(wanted) if n not in self._ctx.exposed]
+
+    def start_here(self, names: Iterable[str]) -> None:
+        """Start the missing services of ``names`` in this process, in parallel (leases call
+        this under their lock). A failure removes what this call started and raises
+        StackStartError; services that ran before stay."""
+        new = self.missing(names)
         if not new:
             return
-        if self.external:
-            pass  # nothing to sweep or create: the services run already
-        elif not self._swept:
-            self._swept = True
-            swept = sweep_dead_sessions(self.runtime.client)
-            if swept:
-                self._emit(StackEvent("swept", detail=", ".join(swept)))
         if not self.external:
             self.runtime.create_network()
         grown = frozenset(self._ctx.exposed)
@@ -208,16 +228,28 @@ class Stack:
         except BaseException:
             stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            self.stop()
+            self.forget(new)
             raise
         pool.shutdown(wait=True)
         if failures:
-            self.stop()
+            self.forget(new)
             raise StackStartError(failures, external=self.external)
         if grown:
             added = frozenset(new)
             for name in grown:
                 self._registry[name].on_stack_grew(self._ctx, self._ctx.running[name], added)
+
+    def forget(self, names: Iterable[str], *, remove: bool = True) -> None:
+        """Drop ``names`` from the stack; with ``remove``, remove their containers too (a
+        failed start), else leave them (an attached service that no longer answers)."""
+        names = list(names)
+        if remove and not self.external:
+            self.runtime.remove(names)
+        for name in names:
+            self._ctx.running.pop(name, None)
+            self._ctx.exposed.pop(name, None)
+            self._ready.pop(name, None)
+        self._ctx.services = self._ctx.services - frozenset(names)
 
     @property
     def external(self) -> bool:
@@ -248,7 +280,7 @@ class Stack:
             ctx.running[name] = running
             self._probe_until_ready(svc, running, stop)
             self.ready_at[name] = time.monotonic()
-            if self.settings.seed_external:
+            if self.settings.seed_external and name not in self.seeded_elsewhere:
                 for other in sorted(svc.seed_after(ctx)):
                     self._wait_ready(other, stop)
                 svc.seed(ctx, running)
@@ -262,7 +294,7 @@ class Stack:
             spec = svc.container(ctx)
             spec = self.hooks.container(name, spec) or spec
             try:
-                running = self.runtime.start(name, spec)
+                running = self.runtime.start(name, spec, labels=self.service_labels(name))
                 break
             except ServiceError as exc:
                 # a fixed host port (Kafka's advertised one) was taken since it was chosen
@@ -384,11 +416,8 @@ class Stack:
     # ---- stop ---------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Remove every container and the network of this stack (idempotent).
-
-        An attached stack (``owned`` False) only closes its clients: its containers belong to
-        the process that started them.
-        """
+        """End this process's hold on the stack (idempotent): what is removed is the lease's
+        decision (a plain stack: everything; a shared or reused one: nothing)."""
         if self._closed:
             return
         self._closed = True
@@ -398,83 +427,63 @@ class Stack:
             for value in state.values():
                 with contextlib.suppress(Exception):
                     value.close()
-        if self.owned:
-            self.runtime.close()
-        else:
-            self.runtime.detach()
+        self.lease.release(self)
 
-    # ---- sharing: xdist workers and reuse across runs -----------------------------------------
+    # ---- sharing: what other processes need to attach -----------------------------------------
 
-    def export(self) -> dict[str, Any]:
-        """What another process needs to attach to this stack (contains its secrets)."""
+    def records(self) -> dict[str, dict[str, Any]]:
+        """service -> where it runs, for every ready service (no secrets)."""
         return {
-            "session_id": self.session_id,
-            "network": self.runtime.network_name,
-            "secrets": self.secrets.export(),
-            "services": {
-                name: {
-                    "image": r.image,
-                    "container_id": r.container_id,
-                    "host": r.host,
-                    "ports": {str(k): v for k, v in r.ports.items()},
-                    "internal_host": r.internal_host,
-                }
-                for name, r in self._ctx.running.items()
-                if name in self._ctx.exposed
-            },
+            name: {
+                "image": r.image,
+                "container_id": r.container_id,
+                "host": r.host,
+                "ports": {str(k): v for k, v in r.ports.items()},
+                "internal_host": r.internal_host,
+            }
+            for name, r in self._ctx.running.items()
+            if name in self._ctx.exposed
         }
 
-    @classmethod
-    def attach(
-        cls,
-        settings: Settings,
-        state: Mapping[str, Any],
-        *,
-        on_event: Callable[[StackEvent], None] | None = None,
-        owner: Owner | None = None,
-        extra_labels: Mapping[str, str] | None = None,
-    ) -> Stack:
-        """A stack on containers that already run, from :meth:`export` of their owner."""
-        stack = cls(
-            settings,
-            on_event=on_event,
-            session_id=str(state["session_id"]),
-            owner=owner,
-            extra_labels=extra_labels,
-        )
-        stack.owned = False
-        stack._swept = True
-        stack.runtime.use_network(str(state["network"]))
-        stack.secrets.load(state["secrets"])
-        services = state["services"]
-        stack._ctx.services = frozenset(services)
+    def adopt(self, records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Add services that another process started (records as from :meth:`records`), in
+        dependency order; returns the names added. Their secrets must be loaded first."""
+        added = []
         now = time.monotonic()
-        for name in registry_mod.start_order(services):
-            info = services[name]
+        for name in registry_mod.start_order(records):
+            if name in self._ctx.exposed:
+                continue
+            info = records[name]
             running = Running(
                 service=name,
-                image=info["image"],
-                container_id=info["container_id"],
-                host=info["host"],
+                image=str(info["image"]),
+                container_id=str(info["container_id"]),
+                host=str(info["host"]),
                 ports={int(k): int(v) for k, v in info["ports"].items()},
-                internal_host=info["internal_host"],
+                internal_host=str(info["internal_host"]),
                 started_at=now,
             )
-            stack._ctx.running[name] = running
-            stack._ctx.exposed[name] = stack._registry[name].expose(stack._ctx, running)
-            stack._ready[name] = threading.Event()
-            stack._ready[name].set()
-        return stack
+            self._ctx.services = self._ctx.services | {name}
+            self._ctx.running[name] = running
+            if running.container_id and not self.external:
+                self.runtime.adopt(name, running.container_id)
+            self._ctx.exposed[name] = self._registry[name].expose(self._ctx, running)
+            self._ready[name] = threading.Event()
+            self._ready[name].set()
+            added.append(name)
+        return added
 
-    def verify(self) -> list[str]:
-        """Services of an attached stack that no longer answer their readiness probe."""
-        dead = []
-        for name, running in self._ctx.running.items():
-            try:
-                self._registry[name].probe(self._ctx, running)
-            except Exception:
-                dead.append(name)
-        return dead
+    def answers(self, name: str) -> bool:
+        """Whether ``name``'s readiness probe passes now."""
+        try:
+            self._registry[name].probe(self._ctx, self._ctx.running[name])
+        except Exception:
+            return False
+        return True
+
+    def emit(self, event: StackEvent) -> None:
+        """Report progress (leases use it for reuse, sweep and reaper notes)."""
+        self._emit(event)
 
 
 __all__ = ["Stack", "StackEvent"]

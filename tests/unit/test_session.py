@@ -10,24 +10,54 @@ from pathlib import Path
 
 import pytest
 
+from pytest_aikernel import services as registry_mod
+from pytest_aikernel.lease import service_keys
 from pytest_aikernel.runtime.docker import Owner
-from pytest_aikernel.session import reuse_key
 from pytest_aikernel.settings import InitFile, Settings
 from pytest_aikernel.shared import locked, read_state, write_state
 
 
-def test_reuse_key_changes_with_what_shapes_the_stack(tmp_path: Path) -> None:
+def test_reuse_keys_are_per_service_and_change_with_what_shapes_it(tmp_path: Path) -> None:
     sql = tmp_path / "a.sql"
     sql.write_text("SELECT 1;")
     base = Settings(postgres_init=(InitFile(sql),))
-    key = reuse_key(base, ["postgres"])
-    assert key == reuse_key(base, ["postgres"]), "stable"
-    assert key == reuse_key(dataclasses.replace(base, startup_timeout=5), ["postgres"])
-    assert key != reuse_key(base, ["postgres", "redis"])
-    assert key != reuse_key(dataclasses.replace(base, images={"postgres": "x:1"}), ["postgres"])
-    assert key != reuse_key(dataclasses.replace(base, neo4j_heap="1g"), ["postgres"])
+    keys = service_keys(base, ["postgres-replica", "redis"])
+    assert set(keys) == {"postgres", "postgres-replica", "redis"}
+    assert keys == service_keys(base, ["postgres-replica", "redis"]), "stable"
+    assert service_keys(base, ["postgres"])["postgres"] == keys["postgres"], "any subset"
+    assert service_keys(dataclasses.replace(base, startup_timeout=5), ["postgres"]) == {
+        "postgres": keys["postgres"]
+    }, "lifecycle settings shape nothing"
+    other_image = service_keys(
+        dataclasses.replace(base, images={"postgres": "x:1"}), ["postgres-replica", "redis"]
+    )
+    assert other_image["postgres"] != keys["postgres"]
+    assert other_image["postgres-replica"] != keys["postgres-replica"], "dependents follow"
+    assert other_image["redis"] == keys["redis"], "unrelated services keep their key"
+    heap = service_keys(dataclasses.replace(base, neo4j_heap="1g"), ["postgres", "neo4j"])
+    assert heap["postgres"] == keys["postgres"], "the Neo4j heap does not restart Postgres"
+    assert heap["neo4j"] != service_keys(base, ["neo4j"])["neo4j"]
     sql.write_text("SELECT 2;")
-    assert key != reuse_key(base, ["postgres"]), "the content of seed files counts"
+    assert service_keys(base, ["postgres"])["postgres"] != keys["postgres"], "file contents count"
+
+
+def test_every_setting_a_service_module_reads_shapes_its_key() -> None:
+    """A service module that reads ``settings.X`` must list X in ``shaped_by`` of one of its
+    services, or a changed X would silently keep a stale reused container."""
+    import inspect
+    import re
+
+    from pytest_aikernel.settings import Settings as S
+
+    lifecycle = {"images", "sources", "startup_timeout", "mode", "reuse", "seed_external"}
+    fields = {f.name for f in dataclasses.fields(S)} - lifecycle
+    by_module: dict[str, set[str]] = {}
+    for svc in registry_mod.registry().values():
+        by_module.setdefault(type(svc).__module__, set()).update(svc.shaped_by)
+    for module_name, shaped in by_module.items():
+        source = inspect.getsource(sys.modules[module_name])
+        read = set(re.findall(r"settings\.([a-z_]+)", source)) & fields
+        assert read <= shaped, f"{module_name} reads {sorted(read - shaped)} but no key has it"
 
 
 def test_owner_of_a_dead_process_is_dead() -> None:
@@ -36,11 +66,16 @@ def test_owner_of_a_dead_process_is_dead() -> None:
     assert not me.is_dead()
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    gone = Owner(host=me.host, pid=child.pid, start="1")
+    gone = dataclasses.replace(me, pid=child.pid, start="1")
     assert gone.is_dead()
-    assert not Owner(host="another-host", pid=child.pid, start="1").is_dead()
-    assert Owner.parse("reuse:0:") is not None
-    assert not Owner.parse("reuse:0:").is_dead(), "reused stacks are never swept"
+    assert not dataclasses.replace(gone, host="another-host").is_dead()
+    assert not dataclasses.replace(gone, boot="0" * 16).is_dead(), "another boot: unprovable"
+    assert not dataclasses.replace(gone, pidns="1").is_dead(), "another pid namespace"
+    assert not dataclasses.replace(gone, start="").is_dead(), "no start time: unprovable"
+    reuse = Owner.parse("reuse::::0:")
+    assert reuse is not None
+    assert not reuse.is_dead(), "reused stacks are never swept"
+    assert Owner.parse("host:123:456") is None, "an old three-part owner is never judged"
     assert Owner.parse("garbage") is None
 
 

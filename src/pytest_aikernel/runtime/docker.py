@@ -41,32 +41,66 @@ def _proc_start_time(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
+def _boot_id() -> str:
+    """The kernel's boot id (a pid is only meaningful within one boot); "" where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip().replace("-", "")[:16]
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    """The pid namespace of this process ("pid:[4026531836]" -> "4026531836"); "" if unknown."""
+    try:
+        text = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return "".join(ch for ch in text if ch.isdigit())
+
+
 @dataclass(frozen=True)
 class Owner:
-    """The process that owns a stack: host name, pid and the pid's start time."""
+    """The process that owns a stack: where it runs (host name, boot id, pid namespace), its pid
+    and the pid's start time. A pid is compared only where all three "where" parts match: two
+    containers with host networking share a host name, but not a pid namespace."""
 
     host: str
+    boot: str
+    pidns: str
     pid: int
     start: str
 
     @classmethod
     def current(cls) -> Owner:
         pid = os.getpid()
-        return cls(host=socket.gethostname(), pid=pid, start=_proc_start_time(pid))
+        return cls(
+            host=socket.gethostname(),
+            boot=_boot_id(),
+            pidns=_pid_namespace(),
+            pid=pid,
+            start=_proc_start_time(pid),
+        )
 
     def label(self) -> str:
-        return f"{self.host}:{self.pid}:{self.start}"
+        return f"{self.host}:{self.boot}:{self.pidns}:{self.pid}:{self.start}"
 
     @classmethod
     def parse(cls, text: str) -> Owner | None:
-        parts = text.rsplit(":", 2)
-        if len(parts) != 3 or not parts[1].isdigit():
+        """The owner in a label; None for anything else (old formats included)."""
+        parts = text.rsplit(":", 4)
+        if len(parts) != 5 or not parts[3].isdigit():
             return None
-        return cls(host=parts[0], pid=int(parts[1]), start=parts[2])
+        return cls(host=parts[0], boot=parts[1], pidns=parts[2], pid=int(parts[3]), start=parts[4])
 
     def is_dead(self) -> bool:
-        """True only when this owner surely no longer runs (same host, pid gone or reused)."""
-        if self.host != socket.gethostname():
+        """True only when this owner surely no longer runs: same host, boot and pid namespace
+        as this process, and its pid gone or reused by a younger process. Anything that cannot
+        be proved (another machine, another boot, another container) counts as alive."""
+        here = Owner.current()
+        if not (self.boot and self.pidns and self.start):
+            return False
+        if (self.host, self.boot, self.pidns) != (here.host, here.boot, here.pidns):
             return False
         try:
             os.kill(self.pid, 0)
@@ -75,7 +109,10 @@ class Owner:
         except PermissionError:
             pass
         current = _proc_start_time(self.pid)
-        return bool(self.start and current and current != self.start)
+        return bool(current and current != self.start)
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}"
 
 
 def free_loopback_port() -> int:
@@ -147,38 +184,47 @@ def _short(exc: BaseException) -> str:
 
 
 class DockerRuntime:
-    """Starts :class:`ContainerSpec` objects as labelled containers on one private network."""
+    """Starts :class:`ContainerSpec` objects as labelled containers on one private network.
+
+    Containers are created through the Docker API (docker-py) with the plugin's own labels only:
+    who removes them is decided by the stack's lease (see ``lease.py``), never by the process
+    that happened to create them.
+    """
 
     def __init__(
         self,
         session_id: str,
         owner: Owner | None = None,
         extra_labels: Mapping[str, str] | None = None,
+        network: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.owner = owner or Owner.current()
         self.extra_labels = dict(extra_labels or {})
+        self.network_name = network or f"aikernel-{session_id}"
         self._client: docker.DockerClient | None = None
-        self._network: Any = None  # testcontainers Network
-        self._containers: dict[str, Any] = {}  # service -> testcontainers DockerContainer
+        self._network_ready = False
+        self._containers: dict[str, Container] = {}  # service -> its container
         self._lock = threading.Lock()
 
     # ---- engine -------------------------------------------------------------------------------
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = docker_client()
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = docker_client()
+            return self._client
 
     def engine_version(self) -> str:
         return str(self.client.version().get("Version", "unknown"))
 
-    def labels(self, service: str | None = None) -> dict[str, str]:
+    def labels(self, service: str | None = None, **extra: str) -> dict[str, str]:
         labels = {
             **self.extra_labels,
             LABEL_SESSION: self.session_id,
             LABEL_OWNER: self.owner.label(),
+            **extra,
         }
         if service is not None:
             labels[LABEL_SERVICE] = service
@@ -186,40 +232,50 @@ class DockerRuntime:
 
     # ---- network ------------------------------------------------------------------------------
 
-    @property
-    def network_name(self) -> str:
-        return f"aikernel-{self.session_id}"
-
     def create_network(self) -> None:
-        with self._lock:
-            if self._network is not None:
-                return
-            from testcontainers.core.network import Network
+        """Create the stack's network unless it exists (several processes may race for it)."""
+        import docker.errors
 
-            network = Network(docker_network_kw={"labels": self.labels(), "driver": "bridge"})
-            network.name = self.network_name
-            network.create()
-            self._network = network
+        with self._lock:
+            if self._network_ready:
+                return
+        client = self.client
+        if not client.networks.list(names=[self.network_name]):
+            try:
+                client.networks.create(
+                    self.network_name, driver="bridge", labels=self.labels(), check_duplicate=True
+                )
+            except docker.errors.APIError as exc:
+                if not client.networks.list(names=[self.network_name]):
+                    raise DockerUnavailable(
+                        f"could not create the network {self.network_name}: {_short(exc)}"
+                    ) from None
+        with self._lock:
+            self._network_ready = True
 
     def use_network(self, name: str) -> None:
         """Start further containers on an existing network (a stack attached to, not owned)."""
+        with self._lock:
+            self.network_name = name
+            self._network_ready = True
 
-        @dataclass
-        class _Existing:
-            name: str
-
-            def remove(self) -> None:
-                pass
-
-        self._network = _Existing(name)
+    def adopt(self, service: str, container_id: str) -> None:
+        """Know ``service`` as the container ``container_id`` that another process started."""
+        try:
+            raw = self.client.containers.get(container_id)
+        except Exception:
+            return
+        with self._lock:
+            self._containers[service] = raw
 
     def detach(self) -> None:
         """Forget the containers without removing them; close the client."""
-        self._containers.clear()
-        if self._client is not None:
+        with self._lock:
+            self._containers.clear()
+            client, self._client = self._client, None
+        if client is not None:
             with contextlib.suppress(Exception):
-                self._client.close()
-            self._client = None
+                client.close()
 
     # ---- containers ---------------------------------------------------------------------------
 
@@ -245,15 +301,17 @@ class DockerRuntime:
                 f"({_short(exc)}). Pull or build it, or choose another image with {setting_hint}.",
             ) from None
 
-    def start(self, service: str, spec: ContainerSpec) -> Running:
+    def container_name(self, service: str) -> str:
+        return f"aikernel-{self.session_id}-{service}"
+
+    def start(
+        self, service: str, spec: ContainerSpec, labels: Mapping[str, str] | None = None
+    ) -> Running:
         """Create and start the container for ``service``; ports published on 127.0.0.1."""
-        from testcontainers.core.container import DockerContainer
+        from docker.types import EndpointConfig
 
         self.create_network()
-        container = DockerContainer(spec.image)
-        container.with_network(self._network).with_network_aliases(service)
-        for key, value in spec.env.items():
-            container.with_env(key, value)
+        client = self.client
         # ("127.0.0.1",) = loopback only, ephemeral host port (docker-py's port binding form)
         bindings: dict[str, Any] = {
             f"{port}/tcp": (LOOPBACK, spec.host_ports[port])
@@ -261,40 +319,41 @@ class DockerRuntime:
             else (LOOPBACK,)
             for port in spec.ports
         }
-        container.ports = bindings
+        kwargs: dict[str, Any] = {
+            "name": self.container_name(service),
+            "labels": {**self.labels(service), **(labels or {})},
+            "environment": dict(spec.env),
+            "ports": bindings,
+            "network": self.network_name,
+            "networking_config": {
+                self.network_name: EndpointConfig(client.api.api_version, aliases=[service])
+            },
+            "detach": True,
+        }
         if spec.command is not None:
-            container.with_command(list(spec.command))
-        for path, options in spec.tmpfs.items():
-            container.tmpfs[path] = options
-        for path, (content, mode) in spec.files.items():
-            container.with_copy_into_container(content, path, mode)
-        container.with_name(f"aikernel-{self.session_id}-{service}")
-        kwargs: dict[str, Any] = {"labels": self.labels(service)}
+            kwargs["command"] = list(spec.command)
         if spec.entrypoint is not None:
             kwargs["entrypoint"] = list(spec.entrypoint)
         if spec.user is not None:
             kwargs["user"] = spec.user
+        if spec.tmpfs:
+            kwargs["tmpfs"] = dict(spec.tmpfs)
         if spec.extra_hosts:
             kwargs["extra_hosts"] = dict(spec.extra_hosts)
-        container.with_kwargs(**kwargs)
-        self._containers[service] = container
         started = time.monotonic()
         try:
-            container.start()
+            raw: Container = client.containers.create(spec.image, **kwargs)
+            with self._lock:
+                self._containers[service] = raw
+            if spec.files:
+                raw.put_archive("/", _tar(spec.files))
+            raw.start()
+            raw.reload()
         except Exception as exc:
-            hint = ""
-            if "ryuk" in str(exc).lower() or "reaper" in str(exc).lower():
-                hint = (
-                    " testcontainers could not start its Ryuk reaper: set "
-                    "TESTCONTAINERS_RYUK_DISABLED=true (pytest-aikernel removes its own "
-                    "containers at session end and sweeps those of dead sessions)."
-                )
             raise ServiceError(
                 service,
-                f"{service}: could not start a container from {spec.image!r}: {_short(exc)}.{hint}",
+                f"{service}: could not start a container from {spec.image!r}: {_short(exc)}.",
             ) from None
-        raw: Container = container.get_wrapped_container()
-        raw.reload()
         ports = _published_ports(raw.attrs, spec.ports)
         return Running(
             service=service,
@@ -324,23 +383,20 @@ class DockerRuntime:
             f"{state.get('ExitCode')} before it was ready",
         )
 
+    def is_running(self, container_id: str) -> bool:
+        """Whether the container exists and runs (False for any error)."""
+        try:
+            raw = self.client.containers.get(container_id)
+        except Exception:
+            return False
+        return bool(raw.attrs.get("State", {}).get("Running"))
+
     def put_file(self, service: str, path: str, content: bytes, mode: int = 0o644) -> bool:
         """Write ``content`` at ``path`` in the running container of ``service``."""
-        import io
-        import tarfile
-
         raw = self._raw(service)
         if raw is None:
             return False
-        folder, _, name = path.rpartition("/")
-        data = io.BytesIO()
-        with tarfile.open(fileobj=data, mode="w") as tar:
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            info.mode = mode
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(content))
-        return bool(raw.put_archive(folder or "/", data.getvalue()))
+        return bool(raw.put_archive("/", _tar({path: (content, mode)})))
 
     def logs(self, service: str, tail: int = 50) -> str:
         raw = self._raw(service)
@@ -365,42 +421,49 @@ class DockerRuntime:
         return out
 
     def _raw(self, service: str) -> Container | None:
-        container = self._containers.get(service)
-        if container is None or getattr(container, "_container", None) is None:
-            return None
-        raw: Container = container.get_wrapped_container()
-        return raw
+        with self._lock:
+            return self._containers.get(service)
 
     def remove(self, services: Iterable[str]) -> None:
         for service in list(services):
-            container = self._containers.pop(service, None)
-            if container is None:
+            with self._lock:
+                raw = self._containers.pop(service, None)
+            if raw is None:
                 continue
             with contextlib.suppress(Exception):
-                raw = getattr(container, "_container", None)
-                if raw is not None:
-                    raw.remove(force=True, v=True)
+                raw.remove(force=True, v=True)
 
     def close(self) -> None:
-        """Remove every container of this runtime and its network."""
+        """Remove every container of this runtime's session and its network."""
         from concurrent.futures import ThreadPoolExecutor
 
-        names = list(self._containers)
+        with self._lock:
+            names = list(self._containers)
         if names:
             with ThreadPoolExecutor(max_workers=len(names)) as pool:
                 list(pool.map(lambda n: self.remove([n]), names))
-        if self._network is not None:
-            with contextlib.suppress(Exception):
-                self._network.remove()
-            self._network = None
         # anything of this session that escaped the bookkeeping (e.g. a start interrupted
-        # between create and our record of it)
-        if self._client is not None:
+        # between create and our record of it), and the network
+        if self._client is not None or names:
             with contextlib.suppress(Exception):
-                remove_by_labels(self._client, {LABEL_SESSION: self.session_id})
-            with contextlib.suppress(Exception):
-                self._client.close()
-            self._client = None
+                remove_by_labels(self.client, {LABEL_SESSION: self.session_id})
+        self.detach()
+
+
+def _tar(files: Mapping[str, tuple[bytes, int]]) -> bytes:
+    """A tar archive of ``files`` (absolute path -> (content, mode)), to extract at ``/``."""
+    import io
+    import tarfile
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for path, (content, mode) in files.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(content)
+            info.mode = mode
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(content))
+    return data.getvalue()
 
 
 def _published_ports(attrs: dict[str, Any], wanted: Iterable[int]) -> dict[int, int]:
@@ -419,7 +482,7 @@ def remove_by_labels(client: docker.DockerClient, labels: dict[str, str]) -> int
     """Remove every container and network carrying all of ``labels``; return the count."""
     filters: dict[str, Any] = {"label": [f"{k}={v}" for k, v in labels.items()]}
     removed = 0
-    for container in client.containers.list(all=True, filters=filters):
+    for container in client.containers.list(all=True, ignore_removed=True, filters=filters):
         with contextlib.suppress(Exception):
             container.remove(force=True, v=True)
             removed += 1
@@ -437,7 +500,7 @@ def sweep_dead_sessions(client: docker.DockerClient) -> list[str]:
     dead: set[str] = set()
     seen: dict[str, bool] = {}
     objects: list[Any] = [
-        *client.containers.list(all=True, filters={"label": [LABEL_SESSION]}),
+        *client.containers.list(all=True, ignore_removed=True, filters={"label": [LABEL_SESSION]}),
         *client.networks.list(filters={"label": [LABEL_SESSION]}),
     ]
     for obj in objects:

@@ -166,6 +166,10 @@ class Service(ABC):
     ready_log: ClassVar[str] = ""
     #: per-test fixtures of this service
     isolations: ClassVar[tuple[Isolation, ...]] = ()
+    #: the Settings fields that reach this service's container or seed (files count by their
+    #: content): with its image, the plugin version and its dependencies' keys, they make the
+    #: key under which a reused container of this service is found again
+    shaped_by: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, settings: Settings) -> None:  # noqa: B027 - optional hook
         """Check this service's settings early (configure time); raise ConfigError."""

@@ -132,6 +132,7 @@ def load_init(path: Path) -> dict[str, dict[str, Any]]:
 
 class Elasticsearch(Service):
     name = "elasticsearch"
+    shaped_by = ("elasticsearch_init", "elasticsearch_heap")
     default_image = f"docker.elastic.co/elasticsearch/elasticsearch:{VERSION}"
     ports = (PORT,)
     isolations = (

@@ -202,6 +202,7 @@ class Zookeeper(Service):
 
 class Kafka(Service):
     name = "kafka"
+    shaped_by = ("kafka_topics",)
     default_image = f"confluentinc/cp-kafka:{VERSION}"
     depends_on = ("zookeeper",)
     ports = (HOST_PORT,)

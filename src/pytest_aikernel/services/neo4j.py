@@ -122,6 +122,7 @@ def _driver(ctx: StackContext, running: Running) -> neo4j.Driver:
 
 class Neo4j(Service):
     name = "neo4j"
+    shaped_by = ("neo4j_init", "neo4j_heap", "neo4j_pagecache")
     default_image = "neo4j:5.26"
     ports = (BOLT, HTTP)
     isolations = (

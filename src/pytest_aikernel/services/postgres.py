@@ -304,6 +304,7 @@ def _external_postgres(env: Mapping[str, str], name: str, default: str) -> Exter
 
 class Postgres(Service):
     name = "postgres"
+    shaped_by = ("postgres_init",)
     default_image = "postgres:15"
     ports = (PORT,)
     external_env = "AIKERNEL_POSTGRES_URL"

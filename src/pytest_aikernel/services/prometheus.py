@@ -111,6 +111,7 @@ def scrape_config(ctx: StackContext) -> tuple[dict[str, Any], bool]:
 
 class Prometheus(Service):
     name = "prometheus"
+    shaped_by = ("prometheus_scrape",)
     default_image = "prom/prometheus:v2.47.2"
     ports = (PORT,)
     external_env = "AIKERNEL_PROMETHEUS_URL"

@@ -212,6 +212,7 @@ def _test_path(vault: VaultService, scope: TestScope) -> Iterator[VaultPath]:
 
 class Vault(Service):
     name = "vault"
+    shaped_by = ("vault_seed",)
     default_image = "hashicorp/vault:1.15"
     ports = (PORT,)
     isolations = (

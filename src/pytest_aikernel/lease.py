@@ -1,0 +1,643 @@
+"""Who holds a stack: one protocol for every way into it.
+
+Every way a process gets a stack is a :class:`Lease` with three duties:
+
+==========  ================================  ==============================  =====================
+lease       grow(stack, names)                (first grow also)               release(stack)
+==========  ================================  ==============================  =====================
+plain       start what is missing             sweep dead sessions; register   remove everything
+                                              the stack with Ryuk
+xdist       under the run's lock: attach      sweep dead sessions             nothing: the xdist
+            what other workers started,                                       controller removes
+            start the rest, write the state                                   the stack at the end
+reuse       under the project's lock, per     sweep dead sessions             drop this process's
+            service: attach a container of                                    leases; the stack
+            the same key, else replace a                                      stays for the next
+            container no live lease holds,                                    run (``aikernel
+            else start one; take a lease                                      down`` removes it)
+external    connect and probe; seed once      nothing                         nothing
+            (under the run's lock with xdist)
+==========  ================================  ==============================  =====================
+
+A lease on a reused service is a file in the project's folder that its holder keeps locked
+(``flock``) until it ends: the kernel drops the lock when the process dies, however it dies, so
+"is anyone using this?" is answered, never guessed. Nothing replaces or removes a reused service
+that a live lease holds, except ``aikernel down --force``.
+
+A reused service is keyed by what shapes it: its image, the settings and seed files that reach
+it (``Service.shaped_by``), the plugin version and its dependencies' keys. Runs that need
+different subsets attach to the same containers; a run that needs more grows the reused stack;
+nothing is removed because a run needs fewer services.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import services as registry_mod
+from .errors import AikernelError, DockerUnavailable, StackStartError
+from .runtime import reaper
+from .runtime.docker import (
+    LABEL_SESSION,
+    Owner,
+    docker_client,
+    remove_by_labels,
+    sweep_dead_sessions,
+)
+from .settings import Settings
+from .shared import clear_state, locked, read_state, write_state
+from .stack import Stack, StackEvent, StackHooks
+
+LABEL_REUSE = "pytest-aikernel.reuse"
+LABEL_PROJECT = "pytest-aikernel.project"
+#: reused containers are owned by leases, never by a process: the sweeper never judges them
+REUSE_OWNER = Owner(host="reuse", boot="", pidns="", pid=0, start="")
+
+
+class StartFailed(AikernelError):
+    """The stack could not be had; the message is what the user sees."""
+
+    def __init__(self, message: str, *, elsewhere: bool = False) -> None:
+        super().__init__(message)
+        #: another process (an xdist worker) tried first and reported it in full
+        self.elsewhere = elsewhere
+
+
+@dataclass(frozen=True)
+class XdistShare:
+    """What the xdist controller hands to its workers."""
+
+    folder: str
+    session_id: str
+    owner: str
+
+
+# ---- the protocol -------------------------------------------------------------------------------
+
+
+class Lease(ABC):
+    """How a process holds a stack: :meth:`open` makes it, :meth:`grow` adds services (any
+    process of the same stack, under the same lock), :meth:`release` ends this process's hold."""
+
+    kind: str = ""
+
+    def __init__(self) -> None:
+        self._first = True
+
+    def open(
+        self,
+        settings: Settings,
+        *,
+        report: Callable[[StackEvent], None] | None = None,
+        hooks: StackHooks | None = None,
+    ) -> Stack:
+        """A new, empty stack held by this lease."""
+        return Stack(settings, on_event=report, hooks=hooks, lease=self)
+
+    @abstractmethod
+    def grow(self, stack: Stack, names: Iterable[str]) -> None:
+        """Make ``names`` and their dependencies part of ``stack``; raise StartFailed."""
+
+    @abstractmethod
+    def release(self, stack: Stack) -> None:
+        """End this process's hold on ``stack``."""
+
+    def _sweep_once(self, stack: Stack) -> None:
+        """The first grow of a process removes what dead sessions left behind."""
+        if not self._first:
+            return
+        self._first = False
+        swept = sweep_dead_sessions(stack.runtime.client)
+        if swept:
+            stack.emit(StackEvent("swept", detail=", ".join(swept)))
+
+
+def _start(stack: Stack, names: Iterable[str]) -> None:
+    """``stack.start_here`` with its errors as StartFailed (the message the user sees)."""
+    try:
+        stack.start_here(names)
+    except DockerUnavailable as exc:
+        raise StartFailed(f"pytest-aikernel: {exc}") from None
+    except StackStartError as exc:
+        raise StartFailed(str(exc)) from None
+
+
+class PlainLease(Lease):
+    """This process starts the stack and removes it; Ryuk removes it if the process is killed."""
+
+    kind = "plain"
+
+    def grow(self, stack: Stack, names: Iterable[str]) -> None:
+        names = list(names)
+        if stack.external:
+            _start(stack, names)
+            return
+        if self._first:
+            try:
+                self._sweep_once(stack)
+            except DockerUnavailable as exc:
+                raise StartFailed(f"pytest-aikernel: {exc}") from None
+            why = reaper.register({LABEL_SESSION: stack.session_id})
+            if why and not reaper.disabled_reason():
+                stack.emit(StackEvent("note", detail=reaper.status()))
+        _start(stack, names)
+
+    def release(self, stack: Stack) -> None:
+        if not stack.external:
+            stack.runtime.close()
+
+
+class ExternalLease(Lease):
+    """The services run already: connect and probe; seed once (under the xdist run's lock)."""
+
+    kind = "external"
+
+    def __init__(self, folder: Path | None = None) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def grow(self, stack: Stack, names: Iterable[str]) -> None:
+        names = list(names)
+        if self.folder is None or not stack.settings.seed_external:
+            _start(stack, names)
+            return
+        with locked(self.folder):
+            state = read_state(self.folder) or {}
+            seeded = set(state.get("seeded", []))
+            stack.seeded_elsewhere = frozenset(seeded)
+            _start(stack, names)
+            state["seeded"] = sorted(seeded | set(stack.services))
+            write_state(self.folder, state)
+
+    def release(self, stack: Stack) -> None:
+        stack.runtime.detach()
+
+
+class XdistLease(Lease):
+    """One stack for every worker of a run: its state file and lock are in the run's folder."""
+
+    kind = "xdist"
+
+    def __init__(self, share: XdistShare) -> None:
+        super().__init__()
+        self.share = share
+        self.folder = Path(share.folder)
+
+    def open(
+        self,
+        settings: Settings,
+        *,
+        report: Callable[[StackEvent], None] | None = None,
+        hooks: StackHooks | None = None,
+    ) -> Stack:
+        return Stack(
+            settings,
+            on_event=report,
+            hooks=hooks,
+            lease=self,
+            session_id=self.share.session_id,
+            owner=Owner.parse(self.share.owner),
+        )
+
+    def grow(self, stack: Stack, names: Iterable[str]) -> None:
+        names = list(names)
+        with locked(self.folder):
+            state = read_state(self.folder)
+            if state is not None and state.get("failed"):
+                raise StartFailed(str(state["failed"]), elsewhere=True)
+            if state is not None:
+                stack.secrets.load(state["secrets"])
+                stack.adopt(state["services"])
+            if not stack.missing(names):
+                return
+            try:
+                self._sweep_once(stack)
+            except DockerUnavailable as exc:
+                raise StartFailed(f"pytest-aikernel: {exc}") from None
+            try:
+                _start(stack, names)
+            except StartFailed as exc:
+                if state is None:  # the first start failed: every worker gets the same error
+                    write_state(self.folder, {"failed": str(exc)})
+                raise
+            write_state(
+                self.folder,
+                {
+                    "session_id": stack.session_id,
+                    "network": stack.runtime.network_name,
+                    "secrets": stack.secrets.export(),
+                    "services": stack.records(),
+                },
+            )
+
+    def release(self, stack: Stack) -> None:
+        stack.runtime.detach()  # the controller removes the stack once every worker is done
+
+
+def remove_xdist_stack(share: XdistShare) -> int:
+    """The controller's teardown: remove every container of the run's shared stack."""
+    from .shared import LOCK
+
+    folder = Path(share.folder)
+    if not (folder / LOCK).exists():  # no worker went for the stack
+        return 0
+    try:
+        client = docker_client(timeout=30)
+    except DockerUnavailable:
+        return 0
+    try:
+        return remove_by_labels(client, {LABEL_SESSION: share.session_id})
+    finally:
+        client.close()
+
+
+# ---- reuse --------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-aikernel"
+
+
+def install_id() -> str:
+    """A random id made once per cache folder: two machines, or two CI runner containers with
+    the same checkout path and host name, never share one (their cache folders differ)."""
+    path = cache_dir() / "install-id"
+    try:
+        text = path.read_text(encoding="ascii").strip()
+        if text:
+            return text
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".install-id.{os.getpid()}")
+    tmp.write_text(uuid.uuid4().hex, encoding="ascii")
+    with contextlib.suppress(OSError):
+        os.link(tmp, path)  # the first writer wins; everybody reads its id
+    tmp.unlink(missing_ok=True)
+    return path.read_text(encoding="ascii").strip()
+
+
+def project_id(rootdir: Path) -> str:
+    """The reused stack's identity: this cache folder's install id and the project's rootdir."""
+    text = f"{install_id()}\0{rootdir.resolve()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _fingerprint(value: Any) -> Any:
+    """A JSON-able form of a settings value, with files replaced by their content's hash."""
+    if isinstance(value, Path):
+        try:
+            return "sha256:" + hashlib.sha256(value.read_bytes()).hexdigest()
+        except OSError:
+            return f"missing:{value}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _fingerprint(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _fingerprint(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_fingerprint(v) for v in value]
+    return value
+
+
+def service_keys(settings: Settings, names: Iterable[str]) -> dict[str, str]:
+    """service -> its reuse key, for ``names`` and their dependencies."""
+    from . import __version__
+
+    registry = registry_mod.registry()
+    keys: dict[str, str] = {}
+    for name in registry_mod.start_order(registry_mod.closure(names)):
+        svc = registry[name]
+        blob = {
+            "service": name,
+            "image": registry_mod.image_for(name, settings),
+            "plugin": __version__,
+            "settings": {f: _fingerprint(getattr(settings, f)) for f in sorted(svc.shaped_by)},
+            "depends": {d: keys[d] for d in sorted(svc.depends_on)},
+        }
+        text = json.dumps(blob, sort_keys=True, default=str)
+        keys[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return keys
+
+
+def _dependents(name: str, among: Iterable[str]) -> set[str]:
+    """Services of ``among`` that depend on ``name``, directly or not."""
+    registry = registry_mod.registry()
+    out = {name}
+    changed = True
+    while changed:
+        changed = False
+        for other in among:
+            if other not in out and set(registry[other].depends_on) & out:
+                out.add(other)
+                changed = True
+    return out - {name}
+
+
+class Leases:
+    """The lease files of one reused project: ``leases/<service>/<holder>.lock``, each held
+    locked by a live process that uses that service."""
+
+    def __init__(self, folder: Path) -> None:
+        self.root = folder / "leases"
+        self.me = f"{Owner.current().label().replace(':', '_').replace('/', '_')}"
+        self._held: dict[str, IO[bytes]] = {}
+
+    def take(self, service: str) -> None:
+        import fcntl
+
+        if service in self._held:
+            return
+        path = self.root / service / f"{self.me}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+b")  # noqa: SIM115 - held open until release
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        self._held[service] = fh
+
+    def holders(self, service: str) -> list[str]:
+        """Live holders of ``service`` other than this process (stale files are removed)."""
+        import fcntl
+
+        folder = self.root / service
+        live = []
+        for path in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
+            if path.stem == self.me and service in self._held:
+                continue
+            try:
+                with open(path, "a+b") as fh:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        owner = Owner.parse(path.stem.replace("_", ":"))
+                        live.append(owner.describe() if owner else path.stem)
+                        continue
+                    path.unlink(missing_ok=True)  # its holder is gone
+            except OSError:
+                continue
+        return live
+
+    def release(self) -> None:
+        for service, fh in self._held.items():
+            with contextlib.suppress(OSError):
+                (self.root / service / f"{self.me}.lock").unlink()
+            with contextlib.suppress(OSError):
+                fh.close()
+        self._held.clear()
+
+
+class Held(StartFailed):
+    """A reused service must be replaced, but a live process holds it."""
+
+
+class ReuseLease(Lease):
+    """A stack kept after the session, per service: found again by key, shared by every run of
+    the project (any subset), grown on demand, replaced only where no live lease holds it."""
+
+    kind = "reuse"
+
+    def __init__(self, rootdir: Path) -> None:
+        super().__init__()
+        self.project = project_id(rootdir)
+        self.folder = cache_dir() / "reuse" / self.project
+        self.session_id = f"r{self.project}"
+        self.leases = Leases(self.folder)
+        self._keys: dict[str, str] = {}
+
+    def open(
+        self,
+        settings: Settings,
+        *,
+        report: Callable[[StackEvent], None] | None = None,
+        hooks: StackHooks | None = None,
+    ) -> Stack:
+        stack = Stack(
+            settings,
+            on_event=report,
+            hooks=hooks,
+            lease=self,
+            session_id=self.session_id,
+            owner=REUSE_OWNER,
+            extra_labels={LABEL_PROJECT: self.project},
+        )
+        stack.service_labels = lambda name: {LABEL_REUSE: self._keys.get(name, "")}
+        return stack
+
+    def grow(self, stack: Stack, names: Iterable[str]) -> None:
+        names = list(names)
+        keys = service_keys(stack.settings, names)
+        self._keys.update(keys)
+        with locked(self.folder):
+            state = read_state(self.folder) or {}
+            records: dict[str, dict[str, Any]] = dict(state.get("services", {}))
+            if records:
+                stack.secrets.load(state.get("secrets", {}))
+            try:
+                self._sweep_once(stack)
+            except DockerUnavailable as exc:
+                raise StartFailed(f"pytest-aikernel: {exc}") from None
+            attach: dict[str, dict[str, Any]] = {}
+            replace: dict[str, str] = {}
+            for name in registry_mod.start_order(keys):
+                if name in stack.services:
+                    continue
+                record = records.get(name)
+                if record is None:
+                    continue
+                if record.get("key") != keys[name]:
+                    replace[name] = "its settings changed"
+                elif any(d in replace for d in registry_mod.registry()[name].depends_on):
+                    replace[name] = "a service it depends on is replaced"
+                elif not stack.runtime.is_running(str(record["container_id"])):
+                    replace[name] = "its container no longer runs"
+                else:
+                    attach[name] = record
+            stack.adopt(attach)
+            for name in list(attach):
+                if not stack.answers(name):
+                    stack.forget([name], remove=False)
+                    del attach[name]
+                    replace[name] = "it no longer answers"
+            for name, why in replace.items():
+                self._remove(stack, records, name, why)
+            self._remove_orphans(stack, records, names)
+            if attach:
+                stack.emit(
+                    StackEvent(
+                        "reused",
+                        detail=f"{', '.join(attach)} (session {self.session_id})",
+                    )
+                )
+            try:
+                _start(stack, names)
+            finally:
+                records.update({n: {**r, "key": self._keys[n]} for n, r in stack.records().items()})
+                write_state(
+                    self.folder,
+                    {
+                        "project": self.project,
+                        "network": stack.runtime.network_name,
+                        "secrets": stack.secrets.export(),
+                        "services": records,
+                    },
+                )
+            for name in registry_mod.closure(names):
+                self.leases.take(name)
+
+    def _remove(
+        self, stack: Stack, records: dict[str, dict[str, Any]], name: str, why: str
+    ) -> None:
+        """Remove the reused ``name`` and what depends on it, unless a live lease holds any."""
+        doomed = {name, *_dependents(name, records)}
+        for service in sorted(doomed):
+            holders = self.leases.holders(service)
+            if holders and service in records:
+                raise Held(
+                    f"the reused {service} must be replaced ({why}), but it is in use by "
+                    f"{', '.join(holders)}"
+                )
+        client = stack.runtime.client
+        for service in sorted(doomed):
+            record = records.pop(service, None)
+            if record is None:
+                continue
+            with contextlib.suppress(Exception):
+                client.containers.get(str(record["container_id"])).remove(force=True, v=True)
+        stack.emit(StackEvent("replaced", detail=f"{', '.join(sorted(doomed))}: {why}"))
+
+    def _remove_orphans(
+        self, stack: Stack, records: dict[str, dict[str, Any]], names: list[str]
+    ) -> None:
+        """A container of this project that the state does not know (its state file was lost)
+        would block the name of a service to start: remove it, unless someone holds it."""
+        import docker.errors
+
+        client = stack.runtime.client
+        for name in stack.missing(names):
+            if name in records:
+                continue
+            try:
+                orphan = client.containers.get(stack.runtime.container_name(name))
+            except docker.errors.NotFound:
+                continue
+            holders = self.leases.holders(name)
+            if holders:
+                raise Held(
+                    f"the reused {name} has no state in this cache folder, but it is in use by "
+                    f"{', '.join(holders)}"
+                )
+            with contextlib.suppress(Exception):
+                orphan.remove(force=True, v=True)
+            stack.emit(StackEvent("replaced", detail=f"{name}: its state was lost"))
+
+    def release(self, stack: Stack) -> None:
+        self.leases.release()
+        stack.runtime.detach()
+
+
+def reuse_status(folder: Path) -> dict[str, list[str]]:
+    """service -> live holders, for a reused project's folder (for ``aikernel down``)."""
+    state = read_state(folder) or {}
+    leases = Leases(folder)
+    return {name: leases.holders(name) for name in state.get("services", {})}
+
+
+def remove_reused(folder: Path, *, force: bool) -> tuple[list[str], dict[str, list[str]]]:
+    """Remove a reused project's services that no live lease holds (all with ``force``).
+    Returns (removed services, held service -> holders)."""
+    removed: list[str] = []
+    held: dict[str, list[str]] = {}
+    with locked(folder):
+        state = read_state(folder) or {}
+        records: dict[str, Any] = dict(state.get("services", {}))
+        leases = Leases(folder)
+        for name in list(records):
+            holders = leases.holders(name)
+            if holders and not force:
+                held[name] = holders
+        # a held service keeps what it depends on
+        keep = registry_mod.closure(held)
+        doomed = [n for n in records if n not in keep]
+        if doomed:
+            client = docker_client()
+            try:
+                for name in doomed:
+                    with contextlib.suppress(Exception):
+                        client.containers.get(str(records[name]["container_id"])).remove(
+                            force=True, v=True
+                        )
+                    records.pop(name)
+                    removed.append(name)
+                if not records:
+                    remove_by_labels(client, {LABEL_PROJECT: str(state.get("project", ""))})
+            finally:
+                client.close()
+        if records:
+            write_state(folder, {**state, "services": records})
+        else:
+            clear_state(folder)
+    return removed, held
+
+
+# ---- choosing the lease -------------------------------------------------------------------------
+
+
+def choose(settings: Settings, *, xdist: XdistShare | None, rootdir: Path) -> Lease:
+    """The lease this process takes, from the settings and the xdist share."""
+    if settings.mode == "external":
+        return ExternalLease(Path(xdist.folder) if xdist is not None else None)
+    if settings.reuse:
+        return ReuseLease(rootdir)
+    if xdist is not None:
+        return XdistLease(xdist)
+    return PlainLease()
+
+
+def open_stack(
+    settings: Settings,
+    wanted: frozenset[str],
+    *,
+    report: Callable[[StackEvent], None],
+    xdist: XdistShare | None,
+    rootdir: Path,
+    hooks: StackHooks | None = None,
+) -> Stack:
+    """This process's stack with ``wanted`` in it; StartFailed with the message."""
+    lease = choose(settings, xdist=xdist, rootdir=rootdir)
+    stack = lease.open(settings, report=report, hooks=hooks)
+    try:
+        if wanted:
+            stack.start(wanted)
+    except Held as exc:
+        stack.stop()
+        report(StackEvent("note", detail=f"{exc}; this run starts a stack of its own"))
+        fallback: Lease = XdistLease(xdist) if xdist is not None else PlainLease()
+        stack = fallback.open(settings, report=report, hooks=hooks)
+        stack.start(wanted)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+__all__ = [
+    "ExternalLease",
+    "Lease",
+    "PlainLease",
+    "ReuseLease",
+    "StartFailed",
+    "XdistLease",
+    "XdistShare",
+    "open_stack",
+    "remove_xdist_stack",
+    "service_keys",
+]

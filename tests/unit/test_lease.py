@@ -1,0 +1,123 @@
+"""The lease protocol and collection, without a Docker engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_aikernel.lease import (
+    ExternalLease,
+    Leases,
+    PlainLease,
+    ReuseLease,
+    XdistLease,
+    XdistShare,
+    choose,
+    install_id,
+    project_id,
+)
+from pytest_aikernel.settings import Settings
+
+NO_ENGINE = "unix:///nonexistent/docker.sock"
+
+
+def test_each_way_into_a_stack_is_a_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    share = XdistShare(folder=str(tmp_path / "run"), session_id="abc", owner="h:b:1:2:3")
+    base = Settings()
+    assert isinstance(choose(base, xdist=None, rootdir=tmp_path), PlainLease)
+    assert isinstance(choose(base, xdist=share, rootdir=tmp_path), XdistLease)
+    reuse = dataclasses.replace(base, reuse=True)
+    assert isinstance(choose(reuse, xdist=None, rootdir=tmp_path), ReuseLease)
+    assert isinstance(choose(reuse, xdist=share, rootdir=tmp_path), ReuseLease)
+    external = dataclasses.replace(base, mode="external")
+    lease = choose(external, xdist=share, rootdir=tmp_path)
+    assert isinstance(lease, ExternalLease)
+    assert lease.folder == Path(share.folder), "external seeding under xdist takes the run's lock"
+
+
+def test_project_identity_differs_between_cache_folders_for_the_same_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two CI runners (containers) with the same checkout path and host name share an engine:
+    their cache folders differ, so their reused stacks do too."""
+    checkout = tmp_path / "builds" / "project"
+    checkout.mkdir(parents=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "runner-a"))
+    a = project_id(checkout)
+    assert a == project_id(checkout), "stable within one cache folder"
+    assert install_id() == install_id()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "runner-b"))
+    assert project_id(checkout) != a
+
+
+def test_a_lease_is_held_while_its_process_lives(tmp_path: Path) -> None:
+    mine = Leases(tmp_path)
+    mine.take("postgres")
+    # another process holding redis, then dying
+    code = (
+        "import sys, time; sys.path[:0] = " + repr(sys.path) + "\n"
+        "from pathlib import Path\n"
+        "from pytest_aikernel.lease import Leases\n"
+        f"held = Leases(Path({str(tmp_path)!r}))\n"
+        "held.take('redis')\n"
+        "print('held', flush=True); time.sleep(60)\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        checker = Leases(tmp_path)
+        assert checker.holders("postgres") and "pid" in checker.holders("postgres")[0]
+        assert checker.holders("redis") == [f"pid {other.pid} on {checker.me.split('_')[0]}"]
+        other.kill()
+        other.wait()
+        assert checker.holders("redis") == [], "the kernel dropped the dead holder's lock"
+        assert not list((tmp_path / "leases" / "redis").glob("*.lock")), "stale file removed"
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+        if other.stdout is not None:
+            other.stdout.close()
+    mine.release()
+    assert Leases(tmp_path).holders("postgres") == []
+
+
+def test_lease_file_lock_is_exclusive_per_holder(tmp_path: Path) -> None:
+    leases = Leases(tmp_path)
+    leases.take("vault")
+    path = next((tmp_path / "leases" / "vault").glob("*.lock"))
+    with open(path, "a+b") as fh, pytest.raises(BlockingIOError):
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    leases.release()
+    assert not path.exists()
+
+
+def test_last_failed_deselection_is_respected_when_choosing_services(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    monkeypatch.delenv("CI", raising=False)
+    pytester.makepyfile(
+        """
+def test_needs_redis(aikernel_redis):
+    pass
+
+def test_plain():
+    assert False
+"""
+    )
+    first = pytester.runpytest_subprocess("--sw")
+    first.assert_outcomes(failed=1, skipped=1)
+    first.stdout.fnmatch_lines(["aikernel: services needed by the selected tests: redis"])
+    again = pytester.runpytest_subprocess("--lf")
+    again.assert_outcomes(failed=1)
+    assert "services needed" not in again.stdout.str()
+    stepwise = pytester.runpytest_subprocess("--sw")
+    stepwise.assert_outcomes(failed=1)
+    assert "services needed" not in stepwise.stdout.str()
