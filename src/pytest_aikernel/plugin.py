@@ -339,8 +339,8 @@ def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
             StackEvent(
                 "summary",
                 elapsed=time.monotonic() - began,
-                detail=f"stack of {len(stack)} services ({', '.join(stack.services)}), "
-                f"session {stack.session_id},",
+                detail=f"stack of {len(stack)} service{'' if len(stack) == 1 else 's'} "
+                f"({', '.join(stack.services)}), session {stack.session_id},",
             )
         )
     try:

@@ -419,7 +419,7 @@ def test_reused(aikernel_stack):
     try:
         result = run(pytester, "--aikernel-reuse", "-s")
         result.assert_outcomes(passed=1)
-        result.stdout.fnmatch_lines(["aikernel: reusing the running stack*"])
+        result.stdout.fnmatch_lines(["aikernel: reusing redis*"])
         assert f"session {session_of(pytester)})" in up.stderr
     finally:
         aikernel("down")
