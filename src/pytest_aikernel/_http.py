@@ -3,6 +3,10 @@
 The plugin's own readiness checks and seeding speak plain HTTP, so they work on any server of a
 service's REST API (Elasticsearch or OpenSearch, Jaeger 1.x or 2.x), independent of the product
 checks of vendor clients.
+
+Stack addresses are loopback or in-network: every request goes direct, whatever ``http_proxy``,
+``HTTPS_PROXY`` or ``ALL_PROXY`` say (a corporate CI proxy cannot reach them). The same holds for
+the requests sessions the service modules make (:func:`direct_session`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,13 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import requests
+
+#: an opener without the environment's proxies (urlopen's default opener reads *_proxy)
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -49,10 +59,24 @@ def request(
         hdrs["Authorization"] = f"Basic {token}"
     req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _DIRECT.open(req, timeout=timeout) as resp:
             return Response(resp.status, resp.read())
     except urllib.error.HTTPError as exc:
         return Response(exc.code, exc.read())
+
+
+def direct_session() -> requests.Session:
+    """A ``requests.Session`` that ignores proxy settings of the environment.
+
+    ``trust_env`` off: ``*_proxy`` variables (``ALL_PROXY`` included, which requests honours for
+    every scheme) and ``.netrc`` are not read; stack addresses are plain HTTP on loopback or the
+    stack network, where neither applies.
+    """
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    return session
 
 
 def reason(response: Response) -> str:

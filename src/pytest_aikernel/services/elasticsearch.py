@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,11 +60,37 @@ class ElasticsearchService(HttpService):
         return "distribution" not in self.info().get("version", {})
 
     def client(self, **kwargs: Any) -> elasticsearch.Elasticsearch:
-        """An ``elasticsearch.Elasticsearch`` (8.x) client on this server."""
+        """An ``elasticsearch.Elasticsearch`` (8.x) client on this server.
+
+        It talks to the server directly: the default urllib3 node ignores ``*_proxy``
+        variables, and ``node_class="requests"`` gets a session that ignores them too.
+        """
         import elasticsearch
 
         params: dict[str, Any] = {"request_timeout": 30, **kwargs}
+        node_class = params.get("node_class")
+        if node_class == "requests" or node_class is _requests_node():
+            params["node_class"] = _direct_requests_node()
         return elasticsearch.Elasticsearch(self.url, **params)
+
+
+def _requests_node() -> type[Any]:
+    from elastic_transport import RequestsHttpNode
+
+    return RequestsHttpNode
+
+
+@cache
+def _direct_requests_node() -> type[Any]:
+    """elastic-transport's requests node with a session that reads no proxy from the env."""
+    from elastic_transport import NodeConfig, RequestsHttpNode
+
+    class DirectRequestsHttpNode(RequestsHttpNode):
+        def __init__(self, config: NodeConfig) -> None:
+            super().__init__(config)
+            self.session.trust_env = False
+
+    return DirectRequestsHttpNode
 
 
 @dataclass(frozen=True)

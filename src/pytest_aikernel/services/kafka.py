@@ -79,7 +79,12 @@ class KafkaService(Endpoint):
         return self.internal_address
 
     def producer(self, **conf: Any) -> confluent_kafka.Producer:
-        """A ``confluent_kafka.Producer``; ``conf`` adds to or overrides librdkafka settings."""
+        """A ``confluent_kafka.Producer``; ``conf`` adds to or overrides librdkafka settings.
+
+        In keyword names ``_`` stands for ``.`` (``linger_ms=5``), except for confluent-kafka's
+        Python-side keys, passed as they are: ``on_delivery``, ``error_cb``, ``stats_cb``,
+        ``throttle_cb``, ``oauth_cb``, ``logger`` (and ``on_commit`` for consumers).
+        """
         import confluent_kafka
 
         return confluent_kafka.Producer(
@@ -90,6 +95,7 @@ class KafkaService(Endpoint):
         """A ``confluent_kafka.Consumer`` in ``group_id``, reading from the earliest offset.
 
         Defaults make a group join fast (the broker runs with no initial rebalance delay).
+        ``conf`` as for :meth:`producer` (``on_commit=callback`` passes unchanged).
         """
         import confluent_kafka
 
@@ -106,15 +112,28 @@ class KafkaService(Endpoint):
         )
 
     def admin(self, **conf: Any) -> confluent_kafka.admin.AdminClient:
-        """A ``confluent_kafka.admin.AdminClient``."""
+        """A ``confluent_kafka.admin.AdminClient``; ``conf`` as for :meth:`producer`."""
         from confluent_kafka.admin import AdminClient
 
         return AdminClient({"bootstrap.servers": self.bootstrap_servers, **_dotted(conf)})
 
 
+#: configuration keys confluent-kafka handles in Python (callbacks, logger), spelled with '_'
+#: and never passed to librdkafka: keyword arguments of these names are kept as they are
+PYTHON_CONF_KEYS = frozenset(
+    {"error_cb", "throttle_cb", "stats_cb", "oauth_cb", "logger", "on_delivery", "on_commit"}
+)
+
+
 def _dotted(conf: dict[str, Any]) -> dict[str, Any]:
-    """Let ``auto_offset_reset=...`` stand for ``auto.offset.reset`` in keyword arguments."""
-    return {key.replace("_", "."): value for key, value in conf.items()}
+    """Let ``auto_offset_reset=...`` stand for ``auto.offset.reset`` in keyword arguments.
+
+    confluent-kafka's own keys (:data:`PYTHON_CONF_KEYS`, e.g. ``on_delivery``) pass unchanged.
+    """
+    return {
+        key if key in PYTHON_CONF_KEYS else key.replace("_", "."): value
+        for key, value in conf.items()
+    }
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
 from .._sql import MetaCommand, Statement, split_sql
-from ..errors import ConfigError, ReplicationTimeout, SeedError
+from ..errors import ConfigError, ReplicationTimeout, SeedError, ServiceError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD
 from .base import (
@@ -174,12 +174,27 @@ def _probe_connect(user: str, password: str, running: Running, dbname: str) -> A
     )
 
 
+#: how long a test waits for its clone before the pool reports what holds it up (seconds)
+CLONE_TIMEOUT = 60.0
+_CLONE_FIXTURES = "aikernel_pg, aikernel_pg_audit, aikernel_pg_factory"
+
+
+class _AdminLost(Exception):
+    """The pool's admin connection is gone and could not be made again."""
+
+
 class ClonePool:
     """Clones of the seeded templates, made one test ahead and dropped behind, off the test's path.
 
     One background thread per worker owns an admin connection: it creates the next clone of each
     template while the current test runs, and drops used clones after it. A test pays for a
     connection to a ready database, not for CREATE/DROP DATABASE.
+
+    The pool remembers every database it created and has not dropped yet; :meth:`close` drops
+    them all (the clones made ahead included), so a session leaves no ``aik_*`` database behind.
+    An admin connection the server closed (terminated backend, restart) is opened again once per
+    statement; if that fails too, the test gets a :class:`~pytest_aikernel.errors.ServiceError`
+    saying so instead of waiting.
     """
 
     def __init__(self, pg: PostgresService, prefix: str) -> None:
@@ -191,6 +206,12 @@ class ClonePool:
         self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._ready: dict[str, queue.Queue[str | BaseException]] = {}
         self._lock = threading.Lock()
+        #: databases this pool created and has not dropped (worker thread only)
+        self._own: set[str] = set()
+        self._admin: psycopg.Connection[Any] | None = None
+        #: why the worker thread stopped, if it stopped on an unexpected error
+        self._crash: BaseException | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._work, name="aikernel-pg-clones", daemon=True)
         self._thread.start()
 
@@ -199,44 +220,131 @@ class ClonePool:
             self._count += 1
             return f"{self._prefix}_{self._count}_{secrets.token_hex(2)}"
 
-    def _work(self) -> None:
+    # ---- worker thread ------------------------------------------------------------------------
+
+    @property
+    def application_name(self) -> str:
+        """How the admin connection shows in ``pg_stat_activity``."""
+        return f"aikernel-clones-{self._prefix}"
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return self._pg.connect(
+            "postgres", autocommit=True, connect_timeout=5, application_name=self.application_name
+        )
+
+    def _execute(self, sql: str) -> None:
+        """Run ``sql`` on the admin connection, connecting again once if the server closed it.
+
+        Raises _AdminLost when no working connection can be had, psycopg.Error for anything
+        else (an error of the statement itself).
+        """
         import psycopg
 
-        with self._pg.connect("postgres", autocommit=True) as admin:
+        lost = ""
+        if self._admin is not None and not self._admin.closed:
+            try:
+                self._admin.execute(sql)
+                return
+            except psycopg.Error as exc:
+                if not self._admin.closed:  # psycopg closes a connection it finds broken
+                    raise
+                lost = _first_line(exc)
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                self._admin.close()
+        self._admin = None
+        try:
+            self._admin = self._connect()
+            self._admin.execute(sql)
+        except psycopg.Error as exc:
+            if self._admin is not None and not self._admin.closed:
+                raise
+            where = f"{self._pg.host}:{self._pg.port}"
+            what = (
+                f"the server closed the admin connection to {where} ({lost}) and a new "
+                "connection failed too"
+                if lost
+                else f"the admin connection to {where} failed"
+            )
+            raise _AdminLost(f"{what}: {_first_line(exc)}") from None
+
+    def _work(self) -> None:
+        try:
             while True:
                 task = self._tasks.get()
                 if task is None:
-                    return
+                    break
                 action, arg = task
                 if action == "drop":
-                    with contextlib.suppress(psycopg.Error):
-                        admin.execute(f'DROP DATABASE IF EXISTS "{arg}" WITH (FORCE)')
-                    continue
-                name = self._name()
-                try:
-                    admin.execute(
-                        f'CREATE DATABASE "{name}" TEMPLATE "{arg}{TEMPLATE_SUFFIX}" '
-                        "STRATEGY = FILE_COPY"
-                    )
-                    self._ready[arg].put(name)
-                except psycopg.errors.InvalidCatalogName:
-                    self._ready[arg].put(
-                        ValueError(
-                            f"postgres: no template of database {arg!r}; per-test clones exist for "
-                            f"{', '.join(DATABASES)}"
-                        )
-                    )
-                except psycopg.Error as exc:
-                    self._ready[arg].put(exc)
+                    self._drop(arg)
+                else:
+                    self._create(arg)
+        except BaseException as exc:  # a bug: takers must not wait for a dead thread
+            self._crash = exc
+        finally:
+            for name in sorted(self._own):  # made ahead, still queued for drop, or orphaned
+                self._drop(name)
+            if self._admin is not None:
+                with contextlib.suppress(Exception):
+                    self._admin.close()
+
+    def _drop(self, name: str) -> None:
+        import psycopg
+
+        with contextlib.suppress(psycopg.Error, _AdminLost):
+            self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self._own.discard(name)
+
+    def _create(self, dbname: str) -> None:
+        import psycopg
+
+        name = self._name()
+        self._own.add(name)  # before CREATE: a connection lost during it may still have made it
+        try:
+            self._execute(
+                f'CREATE DATABASE "{name}" TEMPLATE "{dbname}{TEMPLATE_SUFFIX}" '
+                "STRATEGY = FILE_COPY"
+            )
+            got: str | BaseException = name
+        except psycopg.errors.InvalidCatalogName:
+            self._own.discard(name)
+            got = ValueError(
+                f"postgres: no template of database {dbname!r}; per-test clones exist for "
+                f"{', '.join(DATABASES)}"
+            )
+        except _AdminLost as exc:
+            got = _lost_error(exc)
+        except psycopg.Error as exc:
+            got = exc
+        ready = self._ready.get(dbname)
+        if ready is None:  # nobody waits for it any more
+            if isinstance(got, str):
+                self._drop(got)
+            return
+        ready.put(got)
+
+    # ---- test side ----------------------------------------------------------------------------
 
     def take(self, dbname: str) -> str:
         """The name of a fresh clone of ``dbname``; the next one is started at once."""
         import queue
 
+        if self._closed:
+            raise RuntimeError("postgres: the clone pool is closed (the session is ending)")
         if dbname not in self._ready:
             self._ready[dbname] = queue.Queue()
             self._tasks.put(("create", dbname))
-        got = self._ready[dbname].get(timeout=60)
+        deadline = time.monotonic() + CLONE_TIMEOUT
+        while True:
+            try:
+                got = self._ready[dbname].get(timeout=0.5)
+                break
+            except queue.Empty:
+                pass
+            if not self._thread.is_alive():
+                raise _stopped_error(self._crash)
+            if time.monotonic() >= deadline:
+                raise _timeout_error(self._pg, dbname)
         if isinstance(got, BaseException):
             del self._ready[dbname]
             raise got
@@ -247,14 +355,44 @@ class ClonePool:
         self._tasks.put(("drop", name))
 
     def close(self) -> None:
-        """Drop the clones made ahead and the used ones still queued, then stop the thread."""
-        for ready in self._ready.values():
-            while not ready.empty():
-                got = ready.get()
-                if isinstance(got, str):
-                    self.drop(got)
+        """Drop every clone this pool made (those made ahead too), then stop the thread."""
+        self._closed = True
         self._tasks.put(None)
         self._thread.join(timeout=30)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _lost_error(exc: _AdminLost) -> ServiceError:
+    return ServiceError(
+        "postgres",
+        f"postgres: no per-test clone ({_CLONE_FIXTURES}): {exc}. Is the server still "
+        "running? Look at the postgres container's log (or, in external mode, at the server of "
+        "AIKERNEL_POSTGRES_URL); tests that need a clone fail until it answers again.",
+    )
+
+
+def _stopped_error(crash: BaseException | None) -> ServiceError:
+    why = f"{type(crash).__name__}: {crash}" if crash is not None else "it was closed"
+    return ServiceError(
+        "postgres",
+        f"postgres: the thread that makes per-test clones ({_CLONE_FIXTURES}) stopped ({why}); "
+        "no more clones can be made in this session. Please report this as a pytest-aikernel "
+        "bug, with the traceback.",
+    )
+
+
+def _timeout_error(pg: PostgresService, dbname: str) -> ServiceError:
+    return ServiceError(
+        "postgres",
+        f"postgres: no clone of {dbname!r} after {CLONE_TIMEOUT:.0f} s: CREATE DATABASE ... "
+        f'TEMPLATE "{dbname}{TEMPLATE_SUFFIX}" on {pg.host}:{pg.port} did not finish. It waits '
+        "while another session is connected to the template, or the server is overloaded; "
+        "look at pg_stat_activity and the server's log.",
+    )
 
 
 @contextmanager

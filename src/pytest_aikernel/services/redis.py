@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
+from ..errors import ServiceError
 from ..runtime import ContainerSpec, Running
 from .base import (
     ExternalTarget,
@@ -105,20 +106,149 @@ class RedisReplicaService(RedisService):
                 time.sleep(0.01)
 
 
-#: logical databases 1..15 are handed to xdist workers for per-test use; 0 stays shared
+#: logical databases 1..15 are leased to test processes for per-test use; 0 stays shared
 ISOLATED_DBS = 15
+#: the lease of database n is this key in database 0; its value is "<run_id>:<client id>" of
+#: the connection its holder keeps open for the session
+LEASE_KEY = "aikernel:redis-db-lease:{db}"
+
+
+class DbLease:
+    """One of the logical databases 1-15, held by this process until :meth:`close`.
+
+    The lease is the key ``aikernel:redis-db-lease:<db>`` in database 0, naming the server's
+    ``run_id`` and the ``CLIENT ID`` of a connection the holder keeps open. It is valid while
+    that client is connected (``CLIENT LIST ID``), so it dies with its process: a database whose
+    holder is gone (ended, killed, or the server restarted) is free again. Claims go through
+    WATCH/MULTI, so two processes never win the same database. Every flush of the per-test
+    fixture first checks that the lease is still this process's (:meth:`check`).
+    """
+
+    def __init__(self, service: RedisService, db: int, holder: redis.Redis, token: str) -> None:
+        self.service = service
+        self.db = db
+        self._holder = holder
+        self._token = token
+        self._key = LEASE_KEY.format(db=db)
+
+    @classmethod
+    def acquire(cls, service: RedisService, prefer: int = 1) -> DbLease:
+        """Lease a free database, trying ``prefer`` first; ServiceError if all are held."""
+        holder = service.client(0, single_connection_client=True, socket_keepalive=True)
+        try:
+            token = _token_of(holder)
+            for i in range(ISOLATED_DBS):
+                db = 1 + (prefer - 1 + i) % ISOLATED_DBS
+                if _claim(holder, db, token) is None:
+                    return cls(service, db, holder, token)
+        except BaseException:
+            holder.close()
+            raise
+        holder.close()
+        raise ServiceError(
+            "redis",
+            f"redis: all {ISOLATED_DBS} per-test databases (1-{ISOLATED_DBS}) of "
+            f"{service.host}:{service.port} are in use, each leased by a live test process "
+            f"(a pytest session or xdist worker; lease keys {LEASE_KEY.format(db='<n>')} in "
+            "database 0), so aikernel_redis_db has none for this process. Run fewer concurrent "
+            "sessions or xdist workers against this Redis server; a database is free again as "
+            "soon as its holder process ends.",
+        )
+
+    def check(self) -> None:
+        """Return if this process still holds its database; ServiceError if another does.
+
+        If the holder connection was dropped (idle timeout, server restart) and reconnected,
+        the lease is claimed again under the new connection, unless someone else took it.
+        """
+        token = _token_of(self._holder)
+        if token == self._token and _text(self._holder.get(self._key)) == token:
+            return
+        other = _claim(self._holder, self.db, token, previous=self._token)
+        if other is not None:
+            raise ServiceError(
+                "redis",
+                f"redis: this process lost its lease on database {self.db} of "
+                f"{self.service.host}:{self.service.port} (its connection was dropped or the "
+                f"lease key was deleted) and another process holds it now ({other}); it is "
+                "not flushed, to keep that process's data. Avoid FLUSHALL of database 0 and "
+                "short server 'timeout' settings while tests run.",
+            )
+        self._token = token
+
+    def close(self) -> None:
+        """Give the database back (the lease dies with the holder connection anyway)."""
+        try:
+            if _text(self._holder.get(self._key)) == self._token:
+                self._holder.delete(self._key)
+        except Exception:
+            pass
+        finally:
+            self._holder.close()
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _token_of(holder: redis.Redis) -> str:
+    """``<run_id>:<client id>`` of ``holder``'s connection (run_id: ids restart with the server)."""
+    client_id = holder.client_id()
+    run_id = holder.info("server")["run_id"]
+    return f"{run_id}:{client_id}"
+
+
+def _alive(client: Any, token: str) -> bool:
+    """Whether the lease ``token`` names a connection that is still open on this server."""
+    run_id, _, client_id = token.rpartition(":")
+    if not client_id.isdigit() or run_id != client.info("server")["run_id"]:
+        return False
+    import redis
+
+    try:
+        return bool(client.client_list(client_id=[client_id]))
+    except redis.ResponseError:  # CLIENT LIST ID needs Redis 6.2
+        return any(str(c.get("id")) == client_id for c in client.client_list())
+
+
+def _claim(client: redis.Redis, db: int, token: str, previous: str | None = None) -> str | None:
+    """Make ``token`` the holder of ``db`` if it is free (or held by ``previous``, an earlier
+    token of the same holder); None on success, else the live holder's token."""
+    import redis
+
+    key = LEASE_KEY.format(db=db)
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                current = _text(pipe.get(key))
+                if current not in (None, token, previous) and _alive(pipe, current):
+                    return current
+                pipe.multi()
+                pipe.set(key, token)
+                pipe.execute()
+                return None
+            except redis.WatchError:
+                continue  # changed under us: look again
 
 
 @contextmanager
-def _worker_db(redis_service: RedisService, scope: TestScope) -> Iterator[redis.Redis]:
-    db = 1 + scope.worker_index % ISOLATED_DBS
-    client = redis_service.client(db)
-    client.flushdb()
+def _leased_db(redis_service: RedisService, scope: TestScope) -> Iterator[redis.Redis]:
+    prefer = 1 + scope.worker_index % ISOLATED_DBS
+    lease = scope.shared("db_lease", lambda: DbLease.acquire(redis_service, prefer))
+    lease.check()
+    client = redis_service.client(lease.db)
     try:
+        client.flushdb()
         yield client
     finally:
-        client.flushdb()
-        client.close()
+        try:
+            lease.check()
+            client.flushdb()
+        finally:
+            client.close()
 
 
 def _probe_client(ctx: StackContext, running: Running) -> redis.Redis:
@@ -157,12 +287,14 @@ class Redis(Service):
     isolations = (
         Isolation(
             "aikernel_redis_db",
-            """A ``redis.Redis`` client on a logical database owned by this xdist worker.
+            """A ``redis.Redis`` client on a logical database this test process holds.
 
-    The database (1-15, by worker) is flushed before and after the test; database 0 is left
-    to session-wide use.
+    Each process (pytest session or xdist worker) leases one of databases 1-15 for its whole
+    session, with a lease in Redis that dies with the process, so concurrent sessions on one
+    server never share one. It is flushed before and after each test; database 0 is left to
+    session-wide use.
     """,
-            _worker_db,
+            _leased_db,
         ),
     )
     ready_log = "Ready to accept connections"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import _http
 from ..errors import ConfigError, SeedError
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
@@ -145,11 +146,12 @@ class VaultService(MaskedRepr):
         return f"http://{self.internal_host}:{self.internal_port}"
 
     def client(self, **kwargs: Any) -> hvac.Client:
-        """An ``hvac.Client`` authenticated with the root token."""
-        import hvac
+        """An ``hvac.Client`` authenticated with the root token; keyword arguments go to it.
 
-        params: dict[str, Any] = {"timeout": 10, **kwargs}
-        return hvac.Client(url=self.url, token=self.token, **params)
+        It talks to Vault directly, whatever the environment's ``*_proxy`` variables say (pass
+        your own ``session=`` to change that).
+        """
+        return _hvac_client(self.url, self.token, **kwargs)
 
     def approle_credentials(self, role: str) -> dict[str, str]:
         """``{"role_id", "secret_id"}`` for an AppRole from the seed file (a new secret_id)."""
@@ -160,6 +162,20 @@ class VaultService(MaskedRepr):
         role_id = client.auth.approle.read_role_id(role_name=role)["data"]["role_id"]
         secret_id = client.auth.approle.generate_secret_id(role_name=role)["data"]["secret_id"]
         return {"role_id": str(role_id), "secret_id": str(secret_id)}
+
+
+def _hvac_client(url: str, token: str, **kwargs: Any) -> hvac.Client:
+    """An ``hvac.Client`` on a stack address: its requests session ignores env proxies.
+
+    hvac makes a plain ``requests.Session``, which sends every request through ``http_proxy``
+    / ``ALL_PROXY`` unless ``NO_PROXY`` lists the host.
+    """
+    import hvac
+
+    params: dict[str, Any] = {"timeout": 10, **kwargs}
+    if params.get("session") is None:
+        params["session"] = _http.direct_session()
+    return hvac.Client(url=url, token=token, **params)
 
 
 @dataclass(frozen=True)
@@ -265,11 +281,9 @@ class Vault(Service):
         )
 
     def _client(self, ctx: StackContext, running: Running, timeout: float = 10) -> hvac.Client:
-        import hvac
-
-        return hvac.Client(
-            url=f"http://{running.host}:{running.host_port(PORT)}",
-            token=ctx.secrets.get("vault.token"),
+        return _hvac_client(
+            f"http://{running.host}:{running.host_port(PORT)}",
+            ctx.secrets.get("vault.token"),
             timeout=timeout,
         )
 
