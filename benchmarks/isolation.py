@@ -1,7 +1,7 @@
 """Per-test isolation cost: setup + teardown of each function-scoped fixture, over N tests.
 
     eval "$(tests/images/build)"
-    TESTCONTAINERS_RYUK_DISABLED=true python benchmarks/isolation.py --tests 200
+    python benchmarks/isolation.py --tests 200
 
 Starts one stack with every service that has a per-test fixture (those whose image is available;
 see --services), then enters and leaves each fixture's context N times, the way pytest does around
@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from pytest_aikernel.services import isolations, registry
 from pytest_aikernel.settings import InitFile, RawSources, Settings, resolve

@@ -15,7 +15,7 @@ as the environment sets it (on, unless TESTCONTAINERS_RYUK_DISABLED=true).
   all         one test that needs every service whose image is present: cold, then --repeat
               reused runs (skipped with --no-all)
 
-`aikernel down --force` removes each project's stack at the end.
+`aikernel down` (with each project's cache folder) removes its stack at the end.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def project(test: str) -> Iterator[tuple[Path, dict[str, str]]]:
             yield root, env
         finally:
             subprocess.run(
-                [sys.executable, "-m", "pytest_aikernel", "down", "--force"],
+                [sys.executable, "-m", "pytest_aikernel", "down"],
                 env=env,
                 cwd=root,
                 check=False,

@@ -1,7 +1,7 @@
 """Startup benchmark: pytest-aikernel's parallel start vs plain testcontainers, same images, one run.
 
     eval "$(tests/images/build)"          # or any AIKERNEL_IMAGE_* / official images
-    TESTCONTAINERS_RYUK_DISABLED=true python benchmarks/startup.py --repeat 5
+    python benchmarks/startup.py --repeat 5
 
 For each repeat, in the same process and on the same images:
   * plugin, 3 services  - Stack.start(["postgres", "redis", "vault"]): parallel, 50 ms probes,
@@ -29,10 +29,9 @@ from datetime import datetime
 from typing import Any
 
 # testcontainers must reach containers through published loopback ports (this machine has a
-# /.dockerenv file, which otherwise makes it use the bridge gateway address), and its Ryuk image
-# cannot be pulled here.
+# /.dockerenv file, which otherwise makes it use the bridge gateway address). Ryuk stays as the
+# environment sets it: on, with RYUK_CONTAINER_IMAGE from tests/images/build here.
 os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from pytest_aikernel.runtime import ContainerSpec
 from pytest_aikernel.runtime.docker import DockerRuntime, new_session_id

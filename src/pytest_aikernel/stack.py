@@ -284,7 +284,8 @@ class Stack:
                 for other in sorted(svc.seed_after(ctx)):
                     self._wait_ready(other, stop)
                 svc.seed(ctx, running)
-            self._finish(name, svc, running, freeze=self.settings.seed_external)
+            seeded_here = self.settings.seed_external and name not in self.seeded_elsewhere
+            self._finish(name, svc, running, freeze=seeded_here)
             return
         image = ctx.image(name)
         self.runtime.ensure_image(name, image, self._image_hint(name))
@@ -474,10 +475,17 @@ class Stack:
         return added
 
     def answers(self, name: str) -> bool:
-        """Whether ``name``'s readiness probe passes now."""
+        """Whether every published port of ``name`` accepts a connection now: a cheap check for
+        attaching (its container was seen running; the full protocol probe ran when it
+        started, and would import its client library here)."""
+        import socket
+
+        running = self._ctx.running[name]
         try:
-            self._registry[name].probe(self._ctx, self._ctx.running[name])
-        except Exception:
+            for port in running.ports.values():
+                with socket.create_connection((running.host, port), timeout=1.0):
+                    pass
+        except OSError:
             return False
         return True
 

@@ -94,3 +94,39 @@ def test_external_service_that_does_not_answer_names_the_env_var(
             "point env AIKERNEL_REDIS_URL at it (default redis://127.0.0.1:6379/0)*"
         ]
     )
+
+
+def test_external_seeding_under_xdist_runs_once(
+    pytester: pytest.Pytester, running_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four workers, one seed: the first worker seeds under the run's lock, the others see it."""
+    for key, value in exports(running_stack).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AIKERNEL_MODE", "external")
+    table = "seeded_" + pytester.path.name[-8:].lower().replace("-", "_")
+    pytester.path.joinpath("count.sql").write_text(
+        f"CREATE TABLE IF NOT EXISTS catalog.{table} (n int);\n"
+        f"INSERT INTO catalog.{table} VALUES (1);\n"
+    )
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.parametrize("i", range(8))
+def test_seeded(aikernel_postgres, i):
+    pass
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "4",
+        "--aikernel-seed-external",
+        "--aikernel-postgres-init=count.sql",
+        timeout=300,
+    )
+    result.assert_outcomes(passed=8)
+    with running_stack["postgres"].connect() as conn:
+        rows = conn.execute(f"SELECT count(*) FROM catalog.{table}").fetchone()
+    assert rows == (1,), "the init file ran once, not once per worker"

@@ -57,7 +57,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, s
     monkeypatch.setenv("RYUK_RECONNECTION_TIMEOUT", f"{RECONNECT:g}s")
     yield dict(os.environ)
     subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", "down", "--force"],
+        [sys.executable, "-m", "pytest_aikernel", "down"],
         env=dict(os.environ),
         capture_output=True,
         timeout=300,

@@ -115,9 +115,10 @@ def test_plain():
     first = pytester.runpytest_subprocess("--sw")
     first.assert_outcomes(failed=1, skipped=1)
     first.stdout.fnmatch_lines(["aikernel: services needed by the selected tests: redis"])
-    again = pytester.runpytest_subprocess("--lf")
-    again.assert_outcomes(failed=1)
-    assert "services needed" not in again.stdout.str()
+    # --sw before --lf: before pytest 8.4 a run without --sw forgets stepwise's last failure
     stepwise = pytester.runpytest_subprocess("--sw")
     stepwise.assert_outcomes(failed=1)
     assert "services needed" not in stepwise.stdout.str()
+    again = pytester.runpytest_subprocess("--lf")
+    again.assert_outcomes(failed=1)
+    assert "services needed" not in again.stdout.str()
