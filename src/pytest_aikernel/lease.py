@@ -230,6 +230,10 @@ class XdistLease(Lease):
                 if state is None:  # the first start failed: every worker gets the same error
                     write_state(self.folder, {"failed": str(exc)})
                 raise
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+            started = dict((state or {}).get("started", {}))
+            for name, seconds in stack.timings.items():
+                started.setdefault(name, [worker, round(seconds, 3)])
             write_state(
                 self.folder,
                 {
@@ -237,6 +241,9 @@ class XdistLease(Lease):
                     "network": stack.runtime.network_name,
                     "secrets": stack.secrets.export(),
                     "services": stack.records(),
+                    # service -> [the worker that started it, seconds to ready]: the controller
+                    # shows them once, at the end of the run
+                    "started": started,
                 },
             )
 

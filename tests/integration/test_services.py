@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import docker
 import hvac
 import psycopg
@@ -15,7 +17,7 @@ from pytest_aikernel import (
     RedisService,
     VaultService,
 )
-from pytest_aikernel.runtime.docker import LABEL_OWNER, LABEL_SERVICE, LABEL_SESSION
+from pytest_aikernel.runtime.docker import LABEL_OWNER, LABEL_SERVICE, LABEL_SESSION, Owner
 
 from .conftest import FOUNDATION, containers_of, read_kv
 
@@ -154,7 +156,8 @@ def test_containers_are_labelled_and_published_on_loopback_only(
         filters={"label": f"{LABEL_SESSION}={aikernel_stack.session_id}"}
     ):
         assert c.labels[LABEL_SERVICE] in aikernel_stack
-        assert c.labels[LABEL_OWNER].split(":")[1].isdigit()
+        owner = Owner.parse(c.labels[LABEL_OWNER])
+        assert owner is not None and owner.pid == os.getpid() and owner.boot and owner.pidns
         published = {p: b for p, b in c.attrs["NetworkSettings"]["Ports"].items() if b}
         running = aikernel_stack.running(c.labels[LABEL_SERVICE])
         assert {int(p.split("/")[0]) for p in published} == set(running.ports)

@@ -15,6 +15,7 @@ killed sessions by the next session's sweeper or ``aikernel down``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import socket
 import threading
@@ -25,6 +26,15 @@ _lock = threading.Lock()
 _status: str | None = None
 _sockets: list[socket.socket] = []
 _registered: set[str] = set()
+
+
+@atexit.register
+def _keep_open_until_exit() -> None:
+    """Hand the sockets' descriptors to the process's end: the OS closes them when the process
+    is gone (so Ryuk sees this client leave only then), and the interpreter's shutdown does not
+    warn about sockets left open on purpose."""
+    while _sockets:
+        _sockets.pop().detach()
 
 
 def _image() -> str:
