@@ -15,8 +15,10 @@ stack's secret masker before they are raised.
     │   │                               its readiness probe did not pass in time
     │   └── SeedError                   a seed step (init SQL, Vault seed...) failed
     ├── StackStartError                 one or more services failed; carries them all
-    └── ReplicationTimeout (TimeoutError)
-                                        a replica did not catch up in time
+    ├── ReplicationTimeout (TimeoutError)
+    │                                   a replica did not catch up in time
+    └── WaitTimeout (TimeoutError)      a helper's wait (Kafka message, Elasticsearch count,
+                                        Kafka delivery) did not end in time
 """
 
 from __future__ import annotations
@@ -83,4 +85,21 @@ class AikernelConfigWarning(UserWarning):
     Shown in pytest's warnings summary. Silence it with
     ``filterwarnings = ["ignore::pytest_aikernel.AikernelConfigWarning"]``; where a
     ``filterwarnings`` or ``-W`` setting makes it an error, the run stops with a usage error.
+    """
+
+
+class WaitTimeout(AikernelError, TimeoutError):
+    """A helper waited in vain: ``KafkaService.consume_until`` saw no matching message,
+    ``KafkaService.produce`` had no delivery report, ``ElasticsearchService.wait_for_count``
+    did not see the count, within the timeout. The message names what was awaited, the
+    timeout and what was seen instead."""
+
+
+class ContainerArgumentError(AikernelError, ValueError):
+    """``aikernel_container(...)`` was called with an argument it cannot use (a wait of the
+    wrong kind, a port that is not published, a name that is taken); the message quotes it.
+
+    The service's own container reports its other failures with the classes above, its
+    ``service`` being ``container:<name>``: ImageUnavailable, ContainerExited, and
+    ServiceStartTimeout for a wait that never passed.
     """

@@ -206,7 +206,8 @@ def test_session_end_drops_every_clone_made_ahead(aikernel_postgres: PostgresSer
             make("aikernel_audit").close()
     # the session ends at once: the clones made ahead may still be in CREATE DATABASE
     state["pool"].close()  # type: ignore[attr-defined]
-    assert clones(aikernel_postgres, prefix) == []
+    assert clones(aikernel_postgres, prefix) == []  # made ahead, under a temporary name
+    assert clones(aikernel_postgres, f"aik_{worker}_") == []  # renamed after their tests
 
 
 def test_clone_pool_reconnects_after_its_connection_was_terminated(

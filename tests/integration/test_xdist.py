@@ -25,6 +25,11 @@ def test_worker(aikernel_stack, aikernel_pg, aikernel_redis_db, aikernel_vault_p
         all=True, filters={"label": "pytest-aikernel.session=" + aikernel_stack.session_id})
     seen = {c.labels["pytest-aikernel.service"]: c.id for c in found}
     client.close()
+    # one name per test, across services
+    stem = aikernel_pg.scope_name
+    assert stem.startswith("aik_" + os.environ["PYTEST_XDIST_WORKER"] + "_")
+    assert aikernel_pg.database == stem == aikernel_redis_db.scope_name
+    assert aikernel_vault_path.prefix == "tests/" + stem
     # no test sees another's data
     assert aikernel_pg.execute("SELECT count(*) FROM catalog.resources").fetchone() == (1,)
     aikernel_pg.execute("INSERT INTO catalog.resources (name) VALUES (%s)", (str(i),))
@@ -34,11 +39,13 @@ def test_worker(aikernel_stack, aikernel_pg, aikernel_redis_db, aikernel_vault_p
     aikernel_vault_path.write("x", i=i)
     if "kafka" in SERVICES:
         topic = request.getfixturevalue("aikernel_kafka_topic")("t")
+        assert topic == stem + ".t"
         admin = aikernel_stack["kafka"].admin()
         mine = [t for t in admin.list_topics(timeout=10).topics if t.endswith(".t")]
         assert topic in mine
     if "elasticsearch" in SERVICES:
         prefix = request.getfixturevalue("aikernel_es_index")
+        assert prefix.prefix == stem + "-"
         from pytest_aikernel import _http
         url = aikernel_stack["elasticsearch"].url
         assert _http.request("PUT", f"{url}/{prefix.name('docs')}").ok

@@ -32,8 +32,9 @@ T = TypeVar("T")
 class TestScope:
     """What a per-test fixture knows about the test it isolates."""
 
-    #: unique per run, worker and test; lower-case letters, digits and '_' (a valid database,
-    #: topic, index and path name)
+    #: the test's name (``aik_<worker>_<n>_<6 hex>``), shared by every per-test fixture of one
+    #: test and unique per run, worker and test; lower-case letters, digits and '_' (a valid
+    #: database, topic, index and path name). Per-test objects show it as ``scope_name``.
     name: str
     #: "main" without pytest-xdist, else the worker id ("gw0", "gw1", ...)
     worker: str
@@ -90,6 +91,13 @@ class Isolation:
     doc: str
     #: (the service's public object, the test's scope) -> context manager of the fixture value
     make: Callable[[Any, TestScope], AbstractContextManager[Any]]
+    #: set on the fixture that stands for its service in ``aikernel_world``: (the session's
+    #: ``secret/aikernel/<service>`` entry, the fixture's value) -> the fields that differ in
+    #: the test's world (its own database, Redis database, topic or index prefix)
+    world_entry: Callable[[Mapping[str, Any], Any], Mapping[str, Any]] | None = None
+    #: (the fixture's value, in-network?) -> the external-mode environment variables that point
+    #: at the test's own resource (and any variables only a world has, such as a prefix)
+    world_env: Callable[[Any, bool], Mapping[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,28 @@ class Service(ABC):
         """Env vars that point external mode at this service's public object ``obj``."""
         url = getattr(obj, "url", None) or f"{obj.host}:{obj.port}"
         return {self.external_env: str(url)}
+
+    def internal_exports(self, obj: Any) -> dict[str, str]:
+        """The variables of :meth:`external_exports` with in-network addresses: what a container
+        on the stack network (``aikernel_container``) reads to reach ``obj``'s server. The
+        default reuses :meth:`external_exports` on a copy of ``obj`` whose ``host``/``port`` are
+        its ``internal_host``/``internal_port``; services with other address fields override it.
+        """
+        import dataclasses
+
+        if not (
+            dataclasses.is_dataclass(obj)
+            and not isinstance(obj, type)
+            and hasattr(obj, "internal_host")
+            and hasattr(obj, "internal_port")
+        ):
+            raise NotImplementedError(
+                f"{self.name}: {type(obj).__name__} has no internal_host/internal_port; the "
+                "service module must override Service.internal_exports"
+            )
+        return self.external_exports(
+            dataclasses.replace(obj, host=obj.internal_host, port=obj.internal_port)
+        )
 
     def metrics(self, ctx: StackContext) -> MetricsEndpoint | None:
         """The service's Prometheus metrics endpoint, if it has one (scraped by Prometheus)."""

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .. import _http
-from ..errors import ConfigError, SeedError
+from ..errors import ConfigError, SeedError, ServiceError, WaitTimeout
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
 from .base import (
@@ -73,6 +74,58 @@ class ElasticsearchService(HttpService):
             params["node_class"] = _direct_requests_node()
         return elasticsearch.Elasticsearch(self.url, **params)
 
+    def refresh(self, index: str = "_all") -> None:
+        """Make everything indexed so far in ``index`` (a name, pattern or comma-separated
+        list) visible to search: ``POST /<index>/_refresh``.
+
+        An error answer (e.g. no such index) raises
+        :class:`~pytest_aikernel.errors.ServiceError` naming the index and the server's reason.
+        """
+        response = _http.request("POST", f"{self.url}/{_path(index)}/_refresh", timeout=30)
+        if not response.ok:
+            raise ServiceError(
+                "elasticsearch",
+                f"elasticsearch: refreshing {index!r} failed: HTTP {response.status}: "
+                f"{_http.reason(response)}",
+            )
+
+    def wait_for_count(self, index: str, n: int, timeout: float = 10.0) -> None:
+        """Return once ``index`` holds exactly ``n`` searchable documents.
+
+        Polls ``_refresh`` and ``_count`` of ``index`` (a name, pattern or comma-separated
+        list); an index that does not exist yet is waited for. After ``timeout`` seconds it
+        raises :class:`~pytest_aikernel.errors.WaitTimeout` naming the index, the expected
+        count and the last count seen (or the server's last answer).
+        """
+        import time
+
+        deadline = time.monotonic() + timeout
+        target = _path(index)
+        last = "no answer"
+        while True:
+            _http.request("POST", f"{self.url}/{target}/_refresh", timeout=10)
+            response = _http.request("GET", f"{self.url}/{target}/_count", timeout=10)
+            if response.ok:
+                count = int(response.json().get("count", -1))
+                if count == n:
+                    return
+                last = f"last count {count}"
+            elif response.status == 404:
+                last = f"no such index ({_http.reason(response)})"
+            else:
+                last = f"last answer HTTP {response.status}: {_http.reason(response)}"
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"elasticsearch: index {index!r} did not reach {n} document"
+                    f"{'' if n == 1 else 's'} within {timeout:g} s: {last}"
+                )
+            time.sleep(0.05)
+
+
+def _path(index: str) -> str:
+    """``index`` as a URL path segment (names, patterns and lists keep ``*`` and ``,``)."""
+    return quote(index, safe="*,")
+
 
 def _requests_node() -> type[Any]:
     from elastic_transport import RequestsHttpNode
@@ -102,10 +155,17 @@ class KibanaService(HttpService):
 
 @dataclass(frozen=True)
 class IndexPrefix:
-    """An index name prefix that belongs to one test; its indices are deleted after it."""
+    """An index name prefix that belongs to one test; its indices are deleted after it.
+
+    ``prefix`` is ``<scope_name>-``; ``url`` and ``internal_url`` are Elasticsearch's from the
+    test process and from containers on the stack network.
+    """
 
     prefix: str
     url: str
+    internal_url: str = ""
+    #: the test's name, shared by all its per-test fixtures
+    scope_name: str = ""
 
     def name(self, suffix: str = "index") -> str:
         """``<prefix><suffix>``: an index name of this test (lower case)."""
@@ -125,7 +185,7 @@ def _index_prefix(es: ElasticsearchService, scope: TestScope) -> Iterator[IndexP
             _http.request("DELETE", f"{es.url}/{','.join(names)}")
 
     try:
-        yield IndexPrefix(prefix, es.url)
+        yield IndexPrefix(prefix, es.url, es.internal_url, scope.name)
     finally:
         janitor.submit(cleanup)  # the prefix is unique: no later test can see these indices
 
@@ -167,17 +227,22 @@ class Elasticsearch(Service):
             "aikernel_es_index",
             """An index name prefix unique to this test; indices under it are deleted after.
 
-    Returns a :class:`pytest_aikernel.IndexPrefix`: ``prefix`` and ``name(suffix)``.
+    Returns a :class:`pytest_aikernel.IndexPrefix`: ``prefix`` (``<scope_name>-``),
+    ``name(suffix)``, ``url``, ``internal_url`` and ``scope_name``.
     """,
             _index_prefix,
+            world_entry=lambda _entry, index: {"index_prefix": index.prefix},
+            world_env=lambda index, _internal: {
+                "AIKERNEL_ELASTICSEARCH_INDEX_PREFIX": index.prefix
+            },
         ),
     )
     ready_log = "started"
     fixture_doc = """Elasticsearch 8 of the aikernel stack: single node, security off (session).
 
-    Returns a :class:`pytest_aikernel.ElasticsearchService`: ``url``, ``info()`` and
-    ``client()`` (elasticsearch-py 8). Templates and indices of --aikernel-elasticsearch-init
-    were created.
+    Returns a :class:`pytest_aikernel.ElasticsearchService`: ``url``, ``info()``,
+    ``client()`` (elasticsearch-py 8), ``refresh(index="_all")`` and ``wait_for_count(index,
+    n, timeout=10.0)``. Templates and indices of --aikernel-elasticsearch-init were created.
     """
 
     external_env = "AIKERNEL_ELASTICSEARCH_URL"

@@ -118,6 +118,14 @@ class Jaeger(Service):
             "AIKERNEL_JAEGER_ADMIN_URL": f"http://{obj.host}:{obj.admin_port}",
         }
 
+    def internal_exports(self, obj: Any) -> dict[str, str]:
+        return {
+            self.external_env: obj.internal_ui_url,
+            "AIKERNEL_JAEGER_OTLP_GRPC": obj.internal_otlp_grpc_endpoint,
+            "AIKERNEL_JAEGER_OTLP_HTTP": obj.internal_otlp_http_endpoint,
+            "AIKERNEL_JAEGER_ADMIN_URL": f"http://{obj.internal_host}:{ADMIN}",
+        }
+
     ready_log = "Query server started"
     fixture_doc = """Jaeger all-in-one 1.50 with OTLP enabled, in memory (session scope).
 

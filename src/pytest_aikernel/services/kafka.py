@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SeedError
+from ..errors import SeedError, ServiceError, WaitTimeout
 from ..runtime import ContainerSpec, Running
 from ..runtime.docker import free_loopback_port
 from .base import (
@@ -31,6 +31,9 @@ from .base import (
 if TYPE_CHECKING:
     import confluent_kafka
     import confluent_kafka.admin
+
+#: message headers as confluent-kafka takes them
+Headers = dict[str, str | bytes | None] | Sequence[tuple[str, str | bytes | None]]
 
 VERSION = "7.5.3"
 ZK_PORT = 2181
@@ -117,6 +120,128 @@ class KafkaService(Endpoint):
 
         return AdminClient({"bootstrap.servers": self.bootstrap_servers, **_dotted(conf)})
 
+    def produce(
+        self,
+        topic: str,
+        value: str | bytes | None,
+        key: str | bytes | None = None,
+        headers: Headers | None = None,
+        *,
+        timeout: float = 10.0,
+    ) -> confluent_kafka.Message:
+        """Send one message to ``topic`` and wait for its delivery; returns the delivered
+        message (``partition()``, ``offset()``).
+
+        A delivery error (unknown topic, broker gone...) raises
+        :class:`~pytest_aikernel.errors.ServiceError` naming the topic; no delivery report
+        within ``timeout`` seconds raises :class:`~pytest_aikernel.errors.WaitTimeout`.
+        """
+        reports: list[tuple[Any, Any]] = []
+        producer = self.producer(
+            logger=_QUIET,
+            message_timeout_ms=max(1, int(timeout * 1000)),
+            on_delivery=lambda err, msg: reports.append((err, msg)),
+        )
+        producer.produce(topic, value=value, key=key, headers=headers)  # type: ignore[arg-type]
+        # message.timeout.ms ends every delivery by then; the margin lets its report arrive
+        producer.flush(timeout + 5.0)
+        if not reports:
+            raise WaitTimeout(
+                f"kafka: the message to topic {topic!r} had no delivery report within "
+                f"{timeout:g} s (broker {self.bootstrap_servers})"
+            )
+        err, msg = reports[0]
+        if err is not None:
+            raise ServiceError(
+                "kafka",
+                f"kafka: producing to topic {topic!r} on {self.bootstrap_servers} failed: "
+                f"{err.str()}",
+            )
+        delivered: confluent_kafka.Message = msg
+        return delivered
+
+    def consume_until(
+        self,
+        topic: str,
+        predicate: Callable[[confluent_kafka.Message], bool],
+        timeout: float = 10.0,
+        group: str | None = None,
+    ) -> confluent_kafka.Message:
+        """Read ``topic`` until ``predicate(message)`` is true; returns that message (the
+        first that matches; ``value()``, ``key()``, ``headers()``, ``partition()``...).
+
+        Without ``group``, every call reads every partition from the beginning, in no consumer
+        group (nothing committed): it finds a message whenever it was produced. With
+        ``group``, the call consumes in that consumer group from its committed offsets
+        (earliest for a new group) and commits what it read, up to the match: the next call
+        with the same group goes on after it. A topic that does not exist yet is waited for.
+        After ``timeout`` seconds it raises :class:`~pytest_aikernel.errors.WaitTimeout`
+        naming the topic, the timeout and how many messages it saw.
+        """
+        import secrets
+        import time
+
+        from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+        deadline = time.monotonic() + timeout
+        seen = 0
+        trouble = ""
+
+        def client_error(error: KafkaError) -> None:  # broker down and such (called in poll)
+            nonlocal trouble
+            trouble = f"last error: {error.str()}"
+
+        consumer = self.consumer(
+            group or f"aikernel-consume-{secrets.token_hex(4)}",
+            logger=_QUIET,
+            error_cb=client_error,
+            enable_auto_commit=group is not None,
+        )
+        try:
+            if group is not None:
+                consumer.subscribe([topic])
+            else:
+                partitions: list[int] = []
+                while not partitions:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        meta = consumer.list_topics(topic, timeout=max(0.1, min(left, 2.0)))
+                    except KafkaException as exc:  # no broker answered in time
+                        trouble = f"last error: {exc.args[0].str() if exc.args else exc}"
+                        continue
+                    found = meta.topics.get(topic)
+                    if found is not None and found.error is None and found.partitions:
+                        partitions = sorted(found.partitions)
+                    else:
+                        trouble = "the topic does not exist"
+                        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+                if partitions:
+                    trouble = ""
+            while (left := deadline - time.monotonic()) > 0:
+                msg = consumer.poll(min(left, 0.2))
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        trouble = f"last error: {error.str()}"
+                    continue
+                seen += 1
+                if predicate(msg):
+                    if group is not None:
+                        consumer.commit(asynchronous=False)
+                    return msg
+        finally:
+            consumer.close()
+        in_group = f" in group {group!r}" if group is not None else ""
+        raise WaitTimeout(
+            f"kafka: no message on topic {topic!r}{in_group} matched within {timeout:g} s: "
+            f"{seen} message{'' if seen == 1 else 's'} seen" + (f"; {trouble}" if trouble else "")
+        )
+
 
 #: configuration keys confluent-kafka handles in Python (callbacks, logger), spelled with '_'
 #: and never passed to librdkafka: keyword arguments of these names are kept as they are
@@ -136,27 +261,62 @@ def _dotted(conf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class TopicFactory:
+    """The value of ``aikernel_kafka_topic``: ``make(name="topic", partitions=1)`` creates the
+    topic ``<prefix><name>`` (replication 1) and returns that full name.
+
+    ``prefix`` is ``<scope_name>.``; ``name(x)`` is a full topic name without creating it (for
+    topics the code under test creates); ``bootstrap_servers`` and
+    ``internal_bootstrap_servers`` are the broker's addresses from the test process and from
+    containers on the stack network. Every topic under the prefix made here is deleted after
+    the test.
+    """
+
+    def __init__(self, kafka: KafkaService, admin: Any, scope_name: str) -> None:
+        #: the test's name, shared by all its per-test fixtures
+        self.scope_name = scope_name
+        #: ``<scope_name>.``: every topic of this fixture starts with it
+        self.prefix = f"{scope_name}."
+        self._kafka = kafka
+        self._admin = admin
+        #: full names of the topics made so far
+        self.topics: list[str] = []
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self._kafka.bootstrap_servers
+
+    @property
+    def internal_bootstrap_servers(self) -> str:
+        return self._kafka.internal_bootstrap_servers
+
+    def name(self, name: str = "topic") -> str:
+        """``<prefix><name>``: the full name of this test's topic ``name`` (not created)."""
+        return f"{self.prefix}{name}"
+
+    def __call__(self, name: str = "topic", partitions: int = 1) -> str:
+        from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+        topic = self.name(name)
+        for future in self._admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+            operation_timeout=10,
+        ).values():
+            future.result(timeout=30)
+        self.topics.append(topic)
+        return topic
+
+
 @contextmanager
-def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[Callable[..., str]]:
-    """A factory of uniquely named topics, deleted after the test."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[TopicFactory]:
+    """A factory of topics named after the test, deleted after it."""
+    from confluent_kafka.admin import AdminClient
 
     # quiet: at the end of the session the broker goes away under this client
     admin = scope.shared(
         "admin", lambda: AdminClient({"bootstrap.servers": kafka.bootstrap_servers}, logger=_QUIET)
     )
-    made: list[str] = []
-
-    def make(name: str = "topic", partitions: int = 1) -> str:
-        topic = f"{scope.name}.{name}"
-        for future in admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
-            operation_timeout=10,
-        ).values():
-            future.result(timeout=30)
-        made.append(topic)
-        return topic
-
+    factory = TopicFactory(kafka, admin, scope.name)
     janitor = scope.shared("janitor", lambda: Janitor("kafka-cleanup"))
 
     def cleanup(topics: list[str]) -> None:
@@ -165,9 +325,10 @@ def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[Callable[..., str
                 future.result(timeout=30)
 
     try:
-        yield make
+        yield factory
     finally:
-        if made:  # unique names: deleting them after the test returns is safe
+        if factory.topics:  # unique names: deleting them after the test returns is safe
+            made = list(factory.topics)
             janitor.submit(lambda: cleanup(made))
 
 
@@ -236,10 +397,14 @@ class Kafka(Service):
             "aikernel_kafka_topic",
             """A factory ``make(name="topic", partitions=1) -> str`` of topics unique to this test.
 
-    Topics are named ``<unique test prefix>.<name>``, created (replication 1) before ``make``
-    returns, and deleted after the test.
+    Topics are named ``<scope_name>.<name>``, created (replication 1) before ``make`` returns,
+    and deleted after the test. Returns a :class:`pytest_aikernel.TopicFactory`: ``prefix``,
+    ``name(x)`` (a full name, not created), ``bootstrap_servers``,
+    ``internal_bootstrap_servers`` and ``scope_name``.
     """,
             _topics,
+            world_entry=lambda _entry, topics: {"topic_prefix": topics.prefix},
+            world_env=lambda topics, _internal: {"AIKERNEL_KAFKA_TOPIC_PREFIX": topics.prefix},
         ),
     )
     ready_log = "started (kafka.server.KafkaServer)"
@@ -247,8 +412,9 @@ class Kafka(Service):
 
     Returns a :class:`pytest_aikernel.KafkaService`: ``bootstrap_servers`` (test process),
     ``internal_bootstrap_servers`` (containers on the stack network), ``producer(**conf)``,
-    ``consumer(group_id, **conf)`` and ``admin()`` (confluent-kafka). Topics of
-    --aikernel-kafka-topic were created.
+    ``consumer(group_id, **conf)`` and ``admin()`` (confluent-kafka), and the helpers
+    ``produce(topic, value, key=None, headers=None)`` and ``consume_until(topic, predicate,
+    timeout=10.0, group=None)``. Topics of --aikernel-kafka-topic were created.
     """
 
     def container(self, ctx: StackContext) -> ContainerSpec:

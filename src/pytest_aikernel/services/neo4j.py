@@ -75,11 +75,31 @@ class RollbackSession:
     ``run()``, ``execute_read()`` and ``execute_write()`` work as on ``neo4j.Session`` and see
     each other's writes; nothing of it is ever committed, so tests on one shared Neo4j (even
     Community edition, which has a single database) never see each other's data.
+
+    ``uri`` and ``internal_uri`` are the Bolt addresses of the server from the test process and
+    from containers on the stack network, ``auth`` its ``(user, password)``; ``scope_name`` is
+    the test's name. Code under test that connects by itself does not see the data of this
+    session's open transaction.
     """
 
-    def __init__(self, session: neo4j.Session) -> None:
+    def __init__(
+        self,
+        session: neo4j.Session,
+        *,
+        scope_name: str = "",
+        uri: str = "",
+        internal_uri: str = "",
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self._session = session
         self._tx = session.begin_transaction()
+        #: the test's name, shared by all its per-test fixtures
+        self.scope_name = scope_name
+        #: ``bolt://127.0.0.1:<port>``
+        self.uri = uri
+        #: ``bolt://neo4j:7687``
+        self.internal_uri = internal_uri
+        self.auth = auth
 
     def run(self, query: str, parameters: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         return self._tx.run(query, parameters, **kwargs)
@@ -102,7 +122,13 @@ class RollbackSession:
 @contextmanager
 def _rollback_session(neo: Neo4jService, scope: TestScope) -> Iterator[RollbackSession]:
     driver = scope.shared("driver", neo.driver)
-    session = RollbackSession(driver.session())
+    session = RollbackSession(
+        driver.session(),
+        scope_name=scope.name,
+        uri=neo.bolt_url,
+        internal_uri=neo.internal_bolt_url,
+        auth=(neo.user, neo.password),
+    )
     try:
         yield session
     finally:
@@ -131,7 +157,8 @@ class Neo4j(Service):
             """A Neo4j session whose data is removed after the test (one rolled-back transaction).
 
     Returns a :class:`pytest_aikernel.RollbackSession` with ``run()``, ``execute_read()``
-    and ``execute_write()``; other tests never see what it wrote.
+    and ``execute_write()``; other tests never see what it wrote. ``uri``, ``internal_uri``,
+    ``auth`` and ``scope_name`` tell the code under test where the server is.
     """,
             _rollback_session,
         ),
@@ -163,6 +190,13 @@ class Neo4j(Service):
         return {
             self.external_env: f"bolt://{auth}{obj.host}:{obj.bolt_port}",
             "AIKERNEL_NEO4J_HTTP_URL": obj.http_url,
+        }
+
+    def internal_exports(self, obj: Any) -> dict[str, str]:
+        auth = f"{quote(obj.user, safe='')}:{quote(obj.password, safe='')}@"
+        return {
+            self.external_env: f"bolt://{auth}{obj.internal_host}:{obj.internal_bolt_port}",
+            "AIKERNEL_NEO4J_HTTP_URL": obj.internal_http_url,
         }
 
     def container(self, ctx: StackContext) -> ContainerSpec:

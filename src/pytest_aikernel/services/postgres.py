@@ -13,10 +13,11 @@ The replica runs the same image as the ``postgres`` user with a small shell entr
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -41,6 +42,8 @@ from .base import (
 
 if TYPE_CHECKING:
     import psycopg
+
+    from ._pg_clone import CloneConnection
 
 PORT = 5432
 USER = "aikernel"
@@ -183,12 +186,72 @@ class _AdminLost(Exception):
     """The pool's admin connection is gone and could not be made again."""
 
 
+class _AdminConnection:
+    """An autocommit connection to database ``postgres`` for CREATE, ALTER and DROP DATABASE.
+
+    A connection the server closed (terminated backend, restart) is opened again once per
+    statement; if that fails too, :meth:`execute` raises _AdminLost.
+    """
+
+    def __init__(self, pg: PostgresService, application_name: str) -> None:
+        self._pg = pg
+        self.application_name = application_name
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return self._pg.connect(
+            "postgres", autocommit=True, connect_timeout=5, application_name=self.application_name
+        )
+
+    def execute(self, sql: str) -> None:
+        """Run ``sql``, connecting again once if the server closed the connection.
+
+        Raises _AdminLost when no working connection can be had, psycopg.Error for anything
+        else (an error of the statement itself).
+        """
+        import psycopg
+
+        lost = ""
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.execute(sql)
+                return
+            except psycopg.Error as exc:
+                if not self._conn.closed:  # psycopg closes a connection it finds broken
+                    raise
+                lost = _first_line(exc)
+        self.close()
+        try:
+            self._conn = self._connect()
+            self._conn.execute(sql)
+        except psycopg.Error as exc:
+            if self._conn is not None and not self._conn.closed:
+                raise
+            where = f"{self._pg.host}:{self._pg.port}"
+            what = (
+                f"the server closed the admin connection to {where} ({lost}) and a new "
+                "connection failed too"
+                if lost
+                else f"the admin connection to {where} failed"
+            )
+            raise _AdminLost(f"{what}: {_first_line(exc)}") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+
 class ClonePool:
     """Clones of the seeded templates, made one test ahead and dropped behind, off the test's path.
 
     One background thread per worker owns an admin connection: it creates the next clone of each
-    template while the current test runs, and drops used clones after it. A test pays for a
-    connection to a ready database, not for CREATE/DROP DATABASE.
+    template, under a temporary name (``<prefix>_<n>_<4 hex>``), while the current test runs, and
+    drops used clones after it. :meth:`take` gives the clone its test's name with ``ALTER
+    DATABASE ... RENAME TO`` (about a millisecond: nobody is connected to it yet) on a second
+    admin connection of the test's thread. A test pays for a rename and a connection to a
+    ready database, not for CREATE/DROP DATABASE.
 
     The pool remembers every database it created and has not dropped yet; :meth:`close` drops
     them all (the clones made ahead included), so a session leaves no ``aik_*`` database behind.
@@ -206,9 +269,12 @@ class ClonePool:
         self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._ready: dict[str, queue.Queue[str | BaseException]] = {}
         self._lock = threading.Lock()
-        #: databases this pool created and has not dropped (worker thread only)
+        #: databases this pool created (or renamed to) and has not dropped (under _lock)
         self._own: set[str] = set()
-        self._admin: psycopg.Connection[Any] | None = None
+        self._admin = _AdminConnection(pg, self.application_name)
+        #: the test side's connection, for renames (under _rename_lock)
+        self._renamer = _AdminConnection(pg, self.application_name + "-rename")
+        self._rename_lock = threading.Lock()
         #: why the worker thread stopped, if it stopped on an unexpected error
         self._crash: BaseException | None = None
         self._closed = False
@@ -227,46 +293,8 @@ class ClonePool:
         """How the admin connection shows in ``pg_stat_activity``."""
         return f"aikernel-clones-{self._prefix}"
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        return self._pg.connect(
-            "postgres", autocommit=True, connect_timeout=5, application_name=self.application_name
-        )
-
     def _execute(self, sql: str) -> None:
-        """Run ``sql`` on the admin connection, connecting again once if the server closed it.
-
-        Raises _AdminLost when no working connection can be had, psycopg.Error for anything
-        else (an error of the statement itself).
-        """
-        import psycopg
-
-        lost = ""
-        if self._admin is not None and not self._admin.closed:
-            try:
-                self._admin.execute(sql)
-                return
-            except psycopg.Error as exc:
-                if not self._admin.closed:  # psycopg closes a connection it finds broken
-                    raise
-                lost = _first_line(exc)
-        if self._admin is not None:
-            with contextlib.suppress(Exception):
-                self._admin.close()
-        self._admin = None
-        try:
-            self._admin = self._connect()
-            self._admin.execute(sql)
-        except psycopg.Error as exc:
-            if self._admin is not None and not self._admin.closed:
-                raise
-            where = f"{self._pg.host}:{self._pg.port}"
-            what = (
-                f"the server closed the admin connection to {where} ({lost}) and a new "
-                "connection failed too"
-                if lost
-                else f"the admin connection to {where} failed"
-            )
-            raise _AdminLost(f"{what}: {_first_line(exc)}") from None
+        self._admin.execute(sql)
 
     def _work(self) -> None:
         try:
@@ -282,24 +310,26 @@ class ClonePool:
         except BaseException as exc:  # a bug: takers must not wait for a dead thread
             self._crash = exc
         finally:
-            for name in sorted(self._own):  # made ahead, still queued for drop, or orphaned
+            with self._lock:  # made ahead, still queued for drop, or orphaned
+                leftovers = sorted(self._own)
+            for name in leftovers:
                 self._drop(name)
-            if self._admin is not None:
-                with contextlib.suppress(Exception):
-                    self._admin.close()
+            self._admin.close()
 
     def _drop(self, name: str) -> None:
         import psycopg
 
         with contextlib.suppress(psycopg.Error, _AdminLost):
             self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            self._own.discard(name)
+            with self._lock:
+                self._own.discard(name)
 
     def _create(self, dbname: str) -> None:
         import psycopg
 
         name = self._name()
-        self._own.add(name)  # before CREATE: a connection lost during it may still have made it
+        with self._lock:  # before CREATE: a connection lost during it may still have made it
+            self._own.add(name)
         try:
             self._execute(
                 f'CREATE DATABASE "{name}" TEMPLATE "{dbname}{TEMPLATE_SUFFIX}" '
@@ -307,7 +337,8 @@ class ClonePool:
             )
             got: str | BaseException = name
         except psycopg.errors.InvalidCatalogName:
-            self._own.discard(name)
+            with self._lock:
+                self._own.discard(name)
             got = ValueError(
                 f"postgres: no template of database {dbname!r}; per-test clones exist for "
                 f"{', '.join(DATABASES)}"
@@ -325,8 +356,11 @@ class ClonePool:
 
     # ---- test side ----------------------------------------------------------------------------
 
-    def take(self, dbname: str) -> str:
-        """The name of a fresh clone of ``dbname``; the next one is started at once."""
+    def take(self, dbname: str, name: str | None = None) -> str:
+        """A fresh clone of ``dbname``, renamed to ``name`` if given; returns its name.
+
+        The next clone of ``dbname`` is started at once.
+        """
         import queue
 
         if self._closed:
@@ -348,8 +382,35 @@ class ClonePool:
         if isinstance(got, BaseException):
             del self._ready[dbname]
             raise got
-        self._tasks.put(("create", dbname))
-        return got
+        try:  # renamed before the next CREATE starts, which would slow the rename down
+            return got if name is None else self._rename(got, name)
+        finally:
+            self._tasks.put(("create", dbname))
+
+    def _rename(self, made: str, name: str) -> str:
+        import psycopg
+
+        with self._lock:  # before ALTER: a connection lost during it may have renamed it
+            self._own.add(name)
+        try:
+            with self._rename_lock:
+                self._renamer.execute(f'ALTER DATABASE "{made}" RENAME TO "{name}"')
+        except _AdminLost as exc:
+            self.drop(made)  # it has one of the two names: both are dropped
+            self.drop(name)
+            raise _lost_error(exc) from None
+        except psycopg.Error as exc:
+            with self._lock:
+                self._own.discard(name)
+            self.drop(made)
+            raise ServiceError(
+                "postgres",
+                f"postgres: the clone {made!r} could not be renamed to {name!r}: "
+                f"{_first_line(exc)}",
+            ) from None
+        with self._lock:
+            self._own.discard(made)
+        return name
 
     def drop(self, name: str) -> None:
         self._tasks.put(("drop", name))
@@ -359,6 +420,8 @@ class ClonePool:
         self._closed = True
         self._tasks.put(None)
         self._thread.join(timeout=30)
+        with self._rename_lock:
+            self._renamer.close()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -395,35 +458,113 @@ def _timeout_error(pg: PostgresService, dbname: str) -> ServiceError:
     )
 
 
-@contextmanager
-def _cloned_databases(pg: PostgresService, scope: TestScope) -> Iterator[Callable[..., Any]]:
-    """A factory of fresh clones of the seeded databases; every clone is dropped after."""
+class CloneFactory:
+    """The value of ``aikernel_pg_factory``: ``make(dbname="aikernel_catalog", *, load=(),
+    **kwargs)`` gives a :class:`CloneConnection` to a new clone of a seeded database.
 
-    pool = scope.shared("pool", lambda: ClonePool(pg, f"aik_{scope.worker.lower()}_pg"))
-    made: list[tuple[str, Any]] = []
+    The k-th call's clone is named ``<scope_name>_<k>`` (k from 1). ``load`` lists SQL files
+    run in the new clone, statement by statement with autocommit, before it is returned (as
+    init files are; a failing statement raises :class:`~pytest_aikernel.errors.SeedError`
+    naming the file, the line and the database). Other keyword arguments go to psycopg's
+    ``connect``. Every clone is dropped after the test.
+    """
 
-    def clone(dbname: str = CATALOG, **kwargs: Any) -> psycopg.Connection[Any]:
-        name = pool.take(dbname)
+    def __init__(self, pg: PostgresService, pool: ClonePool, scope_name: str) -> None:
+        #: the test's name, shared by all its per-test fixtures
+        self.scope_name = scope_name
+        self._pg = pg
+        self._pool = pool
+        self._calls = 0
+        self._made: list[tuple[str, CloneConnection]] = []
+
+    def __call__(
+        self,
+        dbname: str = CATALOG,
+        *,
+        load: Iterable[str | os.PathLike[str]] = (),
+        **kwargs: Any,
+    ) -> CloneConnection:
+        self._calls += 1  # a failed call uses up its k: its clone may not be dropped yet
+        return self._clone(dbname, f"{self.scope_name}_{self._calls}", load, kwargs)
+
+    @property
+    def databases(self) -> list[str]:
+        """The names of the clones made so far, in order."""
+        return [name for name, _conn in self._made]
+
+    def dsn(self, database: str) -> str:
+        """A libpq URI of ``database`` (one of :attr:`databases`) from the test process."""
+        return self._pg.dsn(database)
+
+    def internal_dsn(self, database: str) -> str:
+        """A libpq URI of ``database`` from a container on the stack network."""
+        return self._pg.internal_dsn(database)
+
+    def _clone(
+        self,
+        dbname: str,
+        name: str,
+        load: Iterable[str | os.PathLike[str]],
+        kwargs: dict[str, Any],
+    ) -> CloneConnection:
+        from ._pg_clone import CloneConnection
+
+        if isinstance(load, (str, os.PathLike)):
+            raise TypeError(f"load= takes a list of SQL files, not one file: load=[{load!r}]")
+        files = [Path(path) for path in load]
+        name = self._pool.take(dbname, name)
         try:
-            conn = pg.connect(name, **kwargs)
+            for path in files:
+                _load_file(self._pg, name, path)
+            conn = CloneConnection.open(self._pg, name, self.scope_name, **kwargs)
         except BaseException:
-            pool.drop(name)
+            self._pool.drop(name)
             raise
-        made.append((name, conn))
+        self._made.append((name, conn))
         return conn
 
-    try:
-        yield clone
-    finally:
-        for name, conn in made:
+    def close(self) -> None:
+        """Close every connection and drop every clone (in the background)."""
+        for name, conn in self._made:
             conn.close()
-            pool.drop(name)
+            self._pool.drop(name)
+        self._made.clear()
+
+
+def _load_file(pg: PostgresService, database: str, path: Path) -> None:
+    """Run the SQL file ``path`` in ``database``; SeedError names file, line and database."""
+    try:
+        script = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SeedError("postgres", f"postgres: cannot read load file {path}: {exc}") from None
+    _run_script(
+        lambda: pg.connect(database, autocommit=True),
+        database,
+        script,
+        origin=f"load file {path}",
+        hint="",
+    )
 
 
 @contextmanager
-def _one_clone(pg: PostgresService, scope: TestScope, dbname: str) -> Iterator[Any]:
-    with _cloned_databases(pg, scope) as clone:
-        yield clone(dbname)
+def _cloned_databases(pg: PostgresService, scope: TestScope) -> Iterator[CloneFactory]:
+    """A factory of fresh clones of the seeded databases; every clone is dropped after."""
+    pool = scope.shared("pool", lambda: ClonePool(pg, f"aik_{scope.worker.lower()}_pg"))
+    factory = CloneFactory(pg, pool, scope.name)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+#: the name of a test's clone of each seeded database (aikernel_pg, aikernel_pg_audit)
+_CLONE_NAMES = {CATALOG: "{scope}", AUDIT: "{scope}_audit"}
+
+
+@contextmanager
+def _one_clone(pg: PostgresService, scope: TestScope, dbname: str) -> Iterator[CloneConnection]:
+    with _cloned_databases(pg, scope) as factory:
+        yield factory._clone(dbname, _CLONE_NAMES[dbname].format(scope=scope.name), (), {})
 
 
 def _external_postgres(env: Mapping[str, str], name: str, default: str) -> ExternalTarget:
@@ -462,21 +603,33 @@ class Postgres(Service):
             """A psycopg connection to this test's own copy of the seeded ``aikernel_catalog``.
 
     The database is cloned from a template of the seeded database (``CREATE DATABASE ...
-    TEMPLATE``) under a name unique per worker and test, and dropped after the test.
+    TEMPLATE``), named after the test (its ``scope_name``), and dropped after the test. The
+    connection is a :class:`pytest_aikernel.CloneConnection`: a ``psycopg.Connection`` with
+    ``database``, ``scope_name``, ``dsn()`` / ``url`` and ``internal_dsn()``.
     """,
             lambda pg, scope: _one_clone(pg, scope, CATALOG),
+            world_entry=lambda _entry, conn: {"database": conn.database},
+            world_env=lambda conn, internal: {
+                "AIKERNEL_POSTGRES_URL": conn.internal_dsn() if internal else conn.dsn()
+            },
         ),
         Isolation(
             "aikernel_pg_audit",
-            """A psycopg connection to this test's own copy of the seeded ``aikernel_audit``.""",
+            """A psycopg connection to this test's own copy of the seeded ``aikernel_audit``.
+
+    Named ``<scope_name>_audit``; the same :class:`pytest_aikernel.CloneConnection` as
+    ``aikernel_pg`` gives.
+    """,
             lambda pg, scope: _one_clone(pg, scope, AUDIT),
         ),
         Isolation(
             "aikernel_pg_factory",
-            """A factory ``make(dbname="aikernel_catalog", **kw) -> psycopg.Connection``.
+            """A factory ``make(dbname="aikernel_catalog", *, load=[], **kw) -> CloneConnection``.
 
     Each call gives a connection to a new clone of the seeded database ``dbname``
-    (aikernel_catalog or aikernel_audit); all clones are dropped after the test.
+    (aikernel_catalog or aikernel_audit), named ``<scope_name>_<k>`` for the k-th call, after
+    running the SQL files of ``load`` in it; all clones are dropped after the test. Returns a
+    :class:`pytest_aikernel.CloneFactory` (``scope_name``, ``databases``).
     """,
             _cloned_databases,
         ),
@@ -521,7 +674,13 @@ class Postgres(Service):
         bundled = resources.files("pytest_aikernel") / "data" / "postgres"
         for db in DATABASES:
             script = (bundled / f"{db}.sql").read_text(encoding="utf-8")
-            _run_script(USER, password, running, db, script, origin=f"bundled {db}.sql", hint="")
+            _run_script(
+                _connector(USER, password, running, db),
+                db,
+                script,
+                origin=f"init file bundled {db}.sql",
+                hint="",
+            )
         option = OPTIONS_BY_FIELD["postgres_init"]
         source = ctx.settings.source_of("postgres_init")
         for init in ctx.settings.postgres_init:
@@ -536,7 +695,11 @@ class Postgres(Service):
                 f"env {option.env})."
             )
             _run_script(
-                USER, password, running, init.database, script, origin=str(init.path), hint=hint
+                _connector(USER, password, running, init.database),
+                init.database,
+                script,
+                origin=f"init file {init.path}",
+                hint=hint,
             )
 
     def freeze(self, ctx: StackContext, running: Running) -> None:
@@ -574,23 +737,26 @@ class Postgres(Service):
         )
 
 
+def _connector(user: str, password: str, running: Running, dbname: str) -> Callable[[], Any]:
+    return lambda: _probe_connect(user, password, running, dbname)
+
+
 def _run_script(
-    user: str,
-    password: str,
-    running: Running,
+    connect: Callable[[], psycopg.Connection[Any]],
     database: str,
     script: str,
     *,
     origin: str,
     hint: str,
 ) -> None:
-    """Run ``script`` statement by statement in ``database``; SeedError names file, line, SQL."""
+    """Run ``script`` statement by statement (autocommit) on ``connect()``, a connection to
+    ``database``; SeedError names ``origin`` ("init file <path>"), the database, line and SQL."""
     import psycopg
 
     def fail(detail: str) -> SeedError:
         return SeedError(
             "postgres",
-            f"postgres: init file {origin} failed in database "
+            f"postgres: {origin} failed in database "
             f"{database!r}: {detail}" + (f"\n{hint}" if hint else ""),
         )
 
@@ -599,7 +765,7 @@ def _run_script(
     except MetaCommand as exc:
         raise fail(str(exc)) from None
     try:
-        conn = _probe_connect(user, password, running, database)
+        conn = connect()
     except psycopg.Error as exc:
         raise fail(f"cannot connect: {str(exc).strip()}") from None
     with conn:
@@ -697,4 +863,4 @@ class PostgresReplica(Service):
 
 SERVICES = (Postgres, PostgresReplica)
 
-__all__ = ["Path", "PostgresReplicaService", "PostgresService"]
+__all__ = ["CloneFactory", "Path", "PostgresReplicaService", "PostgresService"]

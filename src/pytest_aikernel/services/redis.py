@@ -28,6 +28,8 @@ from .base import (
 if TYPE_CHECKING:
     import redis
 
+    from ._redis_db import RedisDb
+
 PORT = 6379
 _NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
 
@@ -56,9 +58,12 @@ class RedisService(MaskedRepr):
     @property
     def internal_url(self) -> str:
         """The URL from a container on the stack network."""
-        return (
-            f"redis://:{quote(self.password, safe='')}@{self.internal_host}:{self.internal_port}/0"
-        )
+        return self.internal_url_for(0)
+
+    def internal_url_for(self, db: int = 0) -> str:
+        """The URL of logical database ``db`` from a container on the stack network."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.internal_host}:{self.internal_port}/{db}"
 
     def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
         """A ``redis.Redis`` client on logical database ``db``; keyword arguments go to it."""
@@ -235,11 +240,13 @@ def _claim(client: redis.Redis, db: int, token: str, previous: str | None = None
 
 
 @contextmanager
-def _leased_db(redis_service: RedisService, scope: TestScope) -> Iterator[redis.Redis]:
+def _leased_db(redis_service: RedisService, scope: TestScope) -> Iterator[RedisDb]:
+    from ._redis_db import RedisDb
+
     prefer = 1 + scope.worker_index % ISOLATED_DBS
     lease = scope.shared("db_lease", lambda: DbLease.acquire(redis_service, prefer))
     lease.check()
-    client = redis_service.client(lease.db)
+    client = RedisDb.open(redis_service, lease.db, scope.name)
     try:
         client.flushdb()
         yield client
@@ -292,9 +299,14 @@ class Redis(Service):
     Each process (pytest session or xdist worker) leases one of databases 1-15 for its whole
     session, with a lease in Redis that dies with the process, so concurrent sessions on one
     server never share one. It is flushed before and after each test; database 0 is left to
-    session-wide use.
+    session-wide use. The client is a :class:`pytest_aikernel.RedisDb`: ``db``, ``url``,
+    ``internal_url`` and ``scope_name`` (the test's name; the database is the process's).
     """,
             _leased_db,
+            world_entry=lambda _entry, client: {"db": client.db},
+            world_env=lambda client, internal: {
+                "AIKERNEL_REDIS_URL": client.internal_url if internal else client.url
+            },
         ),
     )
     ready_log = "Ready to accept connections"

@@ -180,10 +180,33 @@ def _hvac_client(url: str, token: str, **kwargs: Any) -> hvac.Client:
 
 @dataclass(frozen=True)
 class VaultPath:
-    """A KV v2 prefix under ``secret/`` that belongs to one test."""
+    """A KV v2 prefix under ``secret/`` that belongs to one test: ``tests/<scope_name>``.
+
+    ``url``, ``internal_url``, ``token`` and ``mount`` are what the code under test needs to
+    read it: Vault's address from the test process and from containers on the stack network,
+    the root token, and the KV v2 mount (``secret``).
+    """
 
     prefix: str
     vault: VaultService
+    #: the test's name, shared by all its per-test fixtures
+    scope_name: str = ""
+
+    @property
+    def url(self) -> str:
+        return self.vault.url
+
+    @property
+    def internal_url(self) -> str:
+        return self.vault.internal_url
+
+    @property
+    def token(self) -> str:
+        return self.vault.token
+
+    @property
+    def mount(self) -> str:
+        return self.vault.kv_mount
 
     def path(self, name: str) -> str:
         """``<prefix>/<name>``: the KV path of ``name`` (without the ``secret/`` mount)."""
@@ -221,7 +244,7 @@ def _delete_tree(client: hvac.Client, mount: str, prefix: str) -> None:
 def _test_path(vault: VaultService, scope: TestScope) -> Iterator[VaultPath]:
     prefix = f"tests/{scope.name}"
     try:
-        yield VaultPath(prefix, vault)
+        yield VaultPath(prefix, vault, scope.name)
     finally:
         _delete_tree(vault.client(), vault.kv_mount, prefix)
 
@@ -236,8 +259,9 @@ class Vault(Service):
             "aikernel_vault_path",
             """A KV v2 prefix under ``secret/`` unique to this test, deleted after it.
 
-    Returns a :class:`pytest_aikernel.VaultPath`: ``prefix``, ``path(name)``,
-    ``write(name, **data)`` and ``read(name)``.
+    Returns a :class:`pytest_aikernel.VaultPath`: ``prefix`` (``tests/<scope_name>``),
+    ``path(name)``, ``write(name, **data)``, ``read(name)``, and ``url``, ``internal_url``,
+    ``token``, ``mount`` and ``scope_name`` for the code under test.
     """,
             _test_path,
         ),
