@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from . import services as registry_mod
+from .container import ContainerFactory
 from .errors import ConfigError, DockerUnavailable
 from .lease import StartFailed, XdistShare, open_stack, remove_xdist_stack
 from .services import Isolation
 from .settings import OPTIONS_BY_FIELD, Settings, add_options, read_settings
 from .stack import Stack, StackEvent, StackHooks
+from .world import World
 
 MARKER = "aikernel_stack"
 STACK_FIXTURE = "aikernel_stack"
@@ -93,10 +95,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             from .runtime import reaper
 
             lines.append(f"aikernel: {reaper.status()}")
-    for service, image in settings.images.items():
-        lines.append(
-            f"aikernel: image {service}={image} (from {settings.source_of('images.' + service)})"
-        )
     return lines
 
 
@@ -131,6 +129,8 @@ def _needs(item: pytest.Item) -> set[str]:
     for fixture, (service, _iso) in registry_mod.isolations().items():
         if fixture in fixturenames:
             needed.add(service)
+    if WORLD_FIXTURE in fixturenames:
+        needed.add("vault")
     return needed
 
 
@@ -181,10 +181,16 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
     wanted = config.stash.get(wanted_key, frozenset())
     if not wanted:
         return []
-    return [
+    lines = [
         "aikernel: services needed by the selected tests: "
         + ", ".join(registry_mod.start_order(wanted))
     ]
+    settings = config.stash[settings_key]
+    for service in registry_mod.start_order(wanted):
+        if service in settings.images:
+            source = settings.source_of("images." + service)
+            lines.append(f"aikernel: image {service}={settings.images[service]} (from {source})")
+    return lines
 
 
 # ---- pytest-xdist: one stack for all workers ----------------------------------------------------
@@ -248,6 +254,34 @@ def _xdist_share(config: pytest.Config) -> XdistShare | None:
     return XdistShare(folder=folder, session_id=session_id, owner=owner)
 
 
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """xdist controller: one summary of the run's stack, from the workers that started it."""
+    share = config.stash.get(xdist_share_key, None)
+    if share is None:
+        return
+    from pathlib import Path
+
+    from .shared import read_state
+
+    state = read_state(Path(share.folder)) or {}
+    started = state.get("started") or {}
+    if state.get("failed"):
+        terminalreporter.write_line("aikernel: the run's stack could not start (see the errors)")
+    if not started:
+        return
+    parts = [
+        f"{name} {seconds:.2f} s ({worker})"
+        for name, (worker, seconds) in sorted(
+            started.items(), key=lambda item: registry_mod.names().index(item[0])
+        )
+    ]
+    count = len(started)
+    terminalreporter.write_line(
+        f"aikernel: the run's stack of {count} service{'' if count == 1 else 's'}, session "
+        f"{state.get('session_id', '?')}: {', '.join(parts)}"
+    )
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     share = config.stash.get(xdist_share_key, None)
     if share is None:
@@ -306,43 +340,79 @@ def aikernel_settings(pytestconfig: pytest.Config) -> Settings:
     return pytestconfig.stash[settings_key]
 
 
-@pytest.fixture(scope="session")
-def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
-    """The session's stack, started with every service the selected tests need."""
+#: why the stack could not be had: (message, reported by another xdist worker)
+start_failure_key = pytest.StashKey[tuple[str, bool]]()
+
+
+def _open(config: pytest.Config) -> None:
+    """Open this session's stack with the services the selected tests need, once; the stack or
+    the failure goes to the stash."""
     import time
 
-    reason = pytestconfig.stash.get(docker_error_key, None)
-    if reason is not None:
-        pytest.skip(reason)
-    settings = pytestconfig.stash[settings_key]
-    wanted = pytestconfig.stash.get(wanted_key, frozenset())
+    if stack_key in config.stash or start_failure_key in config.stash:
+        return
+    settings = config.stash[settings_key]
+    wanted = config.stash.get(wanted_key, frozenset())
     began = time.monotonic()
-    failure = ""
-    elsewhere = False
+    report = _reporter(config)
     try:
         stack = open_stack(
             settings,
             wanted,
-            report=_reporter(pytestconfig),
-            xdist=_xdist_share(pytestconfig),
-            rootdir=pytestconfig.rootpath,
-            hooks=_hooks(pytestconfig),
+            report=report,
+            xdist=_xdist_share(config),
+            rootdir=config.rootpath,
+            hooks=_hooks(config),
         )
     except StartFailed as exc:
-        failure = str(exc)
-        elsewhere = exc.elsewhere
-    if failure:
-        raise StackFailed(failure, elsewhere=elsewhere)
-    pytestconfig.stash[stack_key] = stack
+        config.stash[start_failure_key] = (str(exc), exc.elsewhere)
+        return
+    config.stash[stack_key] = stack
     if wanted:
-        _reporter(pytestconfig)(
+        count = len(stack)
+        report(
             StackEvent(
                 "summary",
                 elapsed=time.monotonic() - began,
-                detail=f"stack of {len(stack)} service{'' if len(stack) == 1 else 's'} "
+                detail=f"stack of {count} service{'' if count == 1 else 's'} "
                 f"({', '.join(stack.services)}), session {stack.session_id},",
             )
         )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> Any:
+    """Start the stack before the first test, so that its lines come before the progress dots
+    (and its time is not charged to whichever test happens to be first)."""
+    config = session.config
+    wanted = config.stash.get(wanted_key, frozenset())
+    if (
+        wanted
+        and settings_key in config.stash
+        and docker_error_key not in config.stash
+        and not config.option.collectonly
+        and session.items
+    ):
+        _open(config)
+    try:
+        return (yield)
+    finally:
+        stack = config.stash.get(stack_key, None)
+        if stack is not None:
+            stack.stop()
+
+
+@pytest.fixture(scope="session")
+def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
+    """The session's stack, started with every service the selected tests need."""
+    reason = pytestconfig.stash.get(docker_error_key, None)
+    if reason is not None:
+        pytest.skip(reason)
+    _open(pytestconfig)
+    failure = pytestconfig.stash.get(start_failure_key, None)
+    if failure is not None:
+        raise StackFailed(failure[0], elsewhere=failure[1])
+    stack = pytestconfig.stash[stack_key]
     try:
         yield stack
     finally:
@@ -364,6 +434,73 @@ def aikernel_stack(_aikernel_session_stack: Stack) -> Stack:
 def _aikernel_marker(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker(MARKER) is not None:
         request.getfixturevalue(STACK_FIXTURE)
+
+
+# the service under test (container.py); its report hook adds the logs to failing tests
+pytest_plugins = ["pytest_aikernel.container"]
+
+
+@pytest.fixture
+def aikernel_container(
+    request: pytest.FixtureRequest, _aikernel_session_stack: Stack
+) -> Iterator[ContainerFactory]:
+    """Start your service's own image on the stack's network; removed after the test.
+
+    ``aikernel_container(image, *, env=None, ports=(), wait=None, command=None, name=None,
+    stack_env=True, timeout=60.0)`` returns a ``pytest_aikernel.ServiceContainer``: ``url``,
+    ``port(container_port)`` (127.0.0.1), ``internal_host``, ``container_id``, ``logs()``,
+    ``exec(cmd)``. Its environment has the ``AIKERNEL_*`` variables of every running service with
+    in-network addresses (``stack_env``), then ``env``. ``wait``: None, a port (8080), an HTTP
+    path ('/health'), 'log:REGEX' or a ``pytest_aikernel.Wait``. A failing test shows its logs.
+    """
+    from .container import containers_for_test
+
+    with containers_for_test(request, _aikernel_session_stack) as factory:
+        yield factory
+
+
+@pytest.fixture(scope="session")
+def aikernel_session_container(
+    request: pytest.FixtureRequest, _aikernel_session_stack: Stack
+) -> Iterator[ContainerFactory]:
+    """``aikernel_container`` for the whole session: the same image and arguments give the same
+    running container (started once per process); removed at the end of the session.
+    """
+    from .container import containers_for_session
+
+    with containers_for_session(request, _aikernel_session_stack) as factory:
+        yield factory
+
+
+WORLD_FIXTURE = "aikernel_world"
+
+
+@pytest.fixture
+def aikernel_world(request: pytest.FixtureRequest, _aikernel_session_stack: Stack) -> World:
+    """This test's own world: its own resources on every service it needs, described in Vault.
+
+    For each service the test needs (its fixtures or ``@pytest.mark.aikernel_stack``) that has a
+    per-test fixture, the world holds the test's own resource: ``world["postgres"]`` is the same
+    clone connection as ``aikernel_pg``; likewise ``redis`` (``aikernel_redis_db``), ``kafka``
+    (``aikernel_kafka_topic``) and ``elasticsearch`` (``aikernel_es_index``). Under
+    ``world.vault_path`` (KV v2, mount ``secret``), ``aikernel/<service>`` entries have the
+    fields of the session's ``secret/aikernel/<service>`` entries but point at those resources,
+    so a service configured with a Vault address, a token and that path sees only this test's
+    data. ``world.env(internal=False)`` gives the same as environment variables
+    (``internal=True``: addresses for a container on the stack network). Cleanup removes it all.
+    """
+    from .world import build, world_isolations
+
+    stack = _aikernel_session_stack
+    services = [n for n in registry_mod.start_order(_needs(request.node)) if n in stack]
+    isolations = world_isolations()
+    objects = {
+        name: request.getfixturevalue(isolations[name].fixture)
+        for name in services
+        if name in isolations
+    }
+    vault_path = request.getfixturevalue("aikernel_vault_path")
+    return build(stack, services, objects, vault_path)
 
 
 class StackFailed(pytest.fail.Exception):  # type: ignore[misc, name-defined]
@@ -416,12 +553,24 @@ def _make_service_fixture(service: str) -> Any:
     return pytest.fixture(scope="session", name=fixture.__name__)(fixture)
 
 
+#: the test's stem: one name shared by every per-test fixture of the test
+stem_key = pytest.StashKey[str]()
+
+
 def _make_isolation_fixture(service: str, iso: Isolation) -> Any:
-    def fixture(_aikernel_session_stack: Stack) -> Iterator[Any]:
+    def fixture(request: pytest.FixtureRequest, _aikernel_session_stack: Stack) -> Iterator[Any]:
         _grow(_aikernel_session_stack, service)
-        scope = _aikernel_session_stack.test_scope(service)
-        with iso.make(_aikernel_session_stack[service], scope) as value:
-            yield value
+        stash = request.node.stash
+        scope = _aikernel_session_stack.test_scope(service, stash.get(stem_key, None))
+        stash[stem_key] = scope.name
+        try:
+            with iso.make(_aikernel_session_stack[service], scope) as value:
+                yield value
+        finally:
+            # a rerun of the item gets a new name: this run's resources may still be being
+            # removed in the background
+            if stem_key in stash:
+                del stash[stem_key]
 
     fixture.__doc__ = iso.doc
     fixture.__name__ = iso.fixture

@@ -156,23 +156,46 @@ class Stack:
     def __len__(self) -> int:
         return len(self._ctx.exposed)
 
-    def test_scope(self, service: str) -> TestScope:
-        """A new unique scope for one use of a per-test fixture of ``service``.
+    def test_scope(self, service: str, stem: str | None = None) -> TestScope:
+        """The scope of one test for a per-test fixture of ``service``.
 
-        Its ``state`` is shared by all per-test fixtures of that service in this process.
+        ``stem`` is the test's name, shared by every per-test fixture of one test (the plugin
+        keeps it on the test item); without it a new one is made: ``aik_<worker>_<n>_<6 hex>``,
+        unique per run, worker and test. Its ``state`` is shared by all per-test fixtures of
+        ``service`` in this process.
         """
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         digits = "".join(ch for ch in worker if ch.isdigit())
-        with self._event_lock:
-            self._scopes += 1
-            count = self._scopes
+        if stem is None:
+            with self._event_lock:
+                self._scopes += 1
+                count = self._scopes
+            # a worker id is "gw<n>"; anything else is reduced to what a database name takes
+            tag = "".join(ch for ch in worker.lower() if ch.isascii() and ch.isalnum()) or "w"
+            stem = f"aik_{tag}_{count}_{secrets.token_hex(3)}"
         state = self._isolation_state.setdefault(service, {})
-        name = f"aik_{worker.lower()}_{count}_{secrets.token_hex(3)}"
-        return TestScope(name=name, worker=worker, worker_index=int(digits or 0), state=state)
+        return TestScope(name=stem, worker=worker, worker_index=int(digits or 0), state=state)
 
     def running(self, name: str) -> Running:
         """Where ``name``'s container runs (host ports, network alias, container id)."""
         return self._ctx.running[name]
+
+    def vault_entry(self, name: str) -> Mapping[str, Any] | None:
+        """What ``secret/aikernel/<name>`` in Vault holds for a running service (None: the
+        service contributes no entry)."""
+        return self._describe(name)
+
+    def environment(self, internal: bool = True) -> dict[str, str]:
+        """The external-mode variables (``AIKERNEL_REDIS_URL``, ...) of every running service:
+        with ``internal``, its in-network address (for a container on the stack network), else
+        its host side (for a process on this machine). A stack in external mode has no network
+        of its own: both give the external addresses."""
+        env: dict[str, str] = {}
+        for name in self.services:
+            svc, obj = self._registry[name], self._ctx.exposed[name]
+            use_internal = internal and not self.external
+            env.update(svc.internal_exports(obj) if use_internal else svc.external_exports(obj))
+        return env
 
     def __repr__(self) -> str:
         return f"<aikernel Stack {self.session_id}: {', '.join(self.services) or 'empty'}>"
