@@ -66,6 +66,7 @@ def test_subset(aikernel_stack):
             "aikernel: redis ready in *",
             "aikernel: redis-replica ready in *",
             "aikernel: stack of 2 services*",
+            "test_subset.py .*",  # the start lines come before the progress dots
         ]
     )
     session = session_of(pytester)

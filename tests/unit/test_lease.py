@@ -122,3 +122,18 @@ def test_plain():
     again = pytester.runpytest_subprocess("--lf")
     again.assert_outcomes(failed=1)
     assert "services needed" not in again.stdout.str()
+
+
+def test_image_overrides_are_listed_only_for_services_the_run_uses(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("AIKERNEL_IMAGE_KAFKA", "example/kafka:1")
+    monkeypatch.setenv("AIKERNEL_IMAGE_REDIS", "example/redis:2")
+    pytester.makepyfile("def test_x(aikernel_redis):\n    pass\n")
+    result = pytester.runpytest_subprocess()
+    result.stdout.fnmatch_lines(
+        ["aikernel: image redis=example/redis:2 (from env AIKERNEL_IMAGE_REDIS)"]
+    )
+    assert "example/kafka" not in result.stdout.str()
