@@ -160,6 +160,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             report=_progress,
             xdist=None,
             rootdir=root,
+            fallback=False,
         )
     except StartFailed as exc:
         print(str(exc), file=sys.stderr)

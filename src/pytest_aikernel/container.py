@@ -580,6 +580,11 @@ class _Hub:
             LABEL_SESSION: self.session_id,
             LABEL_OWNER: self.owner.label(),
         }
+        # a reused stack's project label would make `aikernel down` (which removes a project's
+        # leftovers by that label) remove this process's containers too
+        from .lease import LABEL_PROJECT
+
+        labels.pop(LABEL_PROJECT, None)
         kwargs: dict[str, Any] = {
             "name": f"aikernel-{self.session_id}-{name}",
             "labels": labels,

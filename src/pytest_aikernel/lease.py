@@ -48,6 +48,7 @@ from . import services as registry_mod
 from .errors import AikernelError, DockerUnavailable, StackStartError
 from .runtime import reaper
 from .runtime.docker import (
+    LABEL_SERVICE,
     LABEL_SESSION,
     Owner,
     docker_client,
@@ -222,6 +223,7 @@ class XdistLease(Lease):
                 return
             try:
                 self._sweep_once(stack)
+                self._remove_orphans(stack)
             except DockerUnavailable as exc:
                 raise StartFailed(f"pytest-aikernel: {exc}") from None
             try:
@@ -229,23 +231,42 @@ class XdistLease(Lease):
             except StartFailed as exc:
                 if state is None:  # the first start failed: every worker gets the same error
                     write_state(self.folder, {"failed": str(exc)})
+                    raise
+                self._write(stack, state)  # what did start is recorded for the others
                 raise
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-            started = dict((state or {}).get("started", {}))
-            for name, seconds in stack.timings.items():
-                started.setdefault(name, [worker, round(seconds, 3)])
-            write_state(
-                self.folder,
-                {
-                    "session_id": stack.session_id,
-                    "network": stack.runtime.network_name,
-                    "secrets": stack.secrets.export(),
-                    "services": stack.records(),
-                    # service -> [the worker that started it, seconds to ready]: the controller
-                    # shows them once, at the end of the run
-                    "started": started,
-                },
-            )
+            self._write(stack, state)
+
+    def _remove_orphans(self, stack: Stack) -> None:
+        """Containers of this run that the state does not know were left by a worker that died
+        while starting them (it held the lock, which the kernel released): remove them, or their
+        names would block the start."""
+        known = {r["container_id"] for r in stack.records().values()}
+        client = stack.runtime.client
+        for container in client.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"{LABEL_SESSION}={stack.session_id}"}
+        ):
+            if container.id not in known and not str(
+                container.labels.get(LABEL_SERVICE, "")
+            ).startswith("container:"):
+                with contextlib.suppress(Exception):
+                    container.remove(force=True, v=True)
+
+    def _write(self, stack: Stack, state: Mapping[str, Any] | None) -> None:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        started = dict((state or {}).get("started", {}))
+        for name, seconds in stack.timings.items():
+            started.setdefault(name, [worker, round(seconds, 3)])
+        write_state(
+            self.folder,
+            {
+                "session_id": stack.session_id,
+                "secrets": stack.secrets.export(),
+                "services": stack.records(),
+                # service -> [the worker that started it, seconds to ready]: the controller
+                # shows them once, at the end of the run
+                "started": started,
+            },
+        )
 
     def release(self, stack: Stack) -> None:
         stack.runtime.detach()  # the controller removes the stack once every worker is done
@@ -337,6 +358,20 @@ def service_keys(settings: Settings, names: Iterable[str]) -> dict[str, str]:
     return keys
 
 
+def _answers(record: Mapping[str, Any]) -> bool:
+    """Whether every published port of a recorded service accepts a connection: a cheap check
+    for attaching (its readiness probe ran when it started, and would import its client)."""
+    import socket
+
+    try:
+        for port in record["ports"].values():
+            with socket.create_connection((str(record["host"]), int(port)), timeout=1.0):
+                pass
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
 def _dependents(name: str, among: Iterable[str]) -> set[str]:
     """Services of ``among`` that depend on ``name``, directly or not."""
     registry = registry_mod.registry()
@@ -357,7 +392,9 @@ class Leases:
 
     def __init__(self, folder: Path) -> None:
         self.root = folder / "leases"
-        self.me = f"{Owner.current().label().replace(':', '_').replace('/', '_')}"
+        # one file per holder: this process's owner label, and a suffix per Leases object (two
+        # reuse sessions in one process, pytester's in-process runs, must not share a file)
+        self.me = f"{Owner.current().label().replace(':', '_')}~{uuid.uuid4().hex[:6]}"
         self._held: dict[str, IO[bytes]] = {}
 
     def take(self, service: str) -> None:
@@ -385,7 +422,7 @@ class Leases:
                     try:
                         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
-                        owner = Owner.parse(path.stem.replace("_", ":"))
+                        owner = Owner.parse(path.stem.split("~")[0].replace("_", ":"))
                         live.append(owner.describe() if owner else path.stem)
                         continue
                     path.unlink(missing_ok=True)  # its holder is gone
@@ -466,16 +503,15 @@ class ReuseLease(Lease):
                     replace[name] = "a service it depends on is replaced"
                 elif not stack.runtime.is_running(str(record["container_id"])):
                     replace[name] = "its container no longer runs"
+                elif not _answers(record):
+                    replace[name] = "it no longer answers"
                 else:
                     attach[name] = record
-            stack.adopt(attach)
-            for name in list(attach):
-                if not stack.answers(name):
-                    stack.forget([name], remove=False)
-                    del attach[name]
-                    replace[name] = "it no longer answers"
+            # decided before anything is adopted: a replaced service takes its dependents along
             for name, why in replace.items():
                 self._remove(stack, records, name, why)
+            attach = {n: r for n, r in attach.items() if n in records}
+            stack.adopt(attach)
             self._remove_orphans(stack, records, names)
             if attach:
                 stack.emit(
@@ -486,19 +522,23 @@ class ReuseLease(Lease):
                 )
             try:
                 _start(stack, names)
+                if "vault" in attach:
+                    # services replaced by runs without Vault have new addresses: describe
+                    # every service of this stack again (a few writes)
+                    stack.notify_grew("vault", set(stack.services) - {"vault"})
             finally:
                 records.update({n: {**r, "key": self._keys[n]} for n, r in stack.records().items()})
                 write_state(
                     self.folder,
                     {
                         "project": self.project,
-                        "network": stack.runtime.network_name,
                         "secrets": stack.secrets.export(),
                         "services": records,
                     },
                 )
-            for name in registry_mod.closure(names):
-                self.leases.take(name)
+                # every service this process uses is held, also after a failed grow
+                for name in registry_mod.closure(names) & set(stack.services):
+                    self.leases.take(name)
 
     def _remove(
         self, stack: Stack, records: dict[str, dict[str, Any]], name: str, why: str
@@ -617,8 +657,11 @@ def open_stack(
     xdist: XdistShare | None,
     rootdir: Path,
     hooks: StackHooks | None = None,
+    fallback: bool = True,
 ) -> Stack:
-    """This process's stack with ``wanted`` in it; StartFailed with the message."""
+    """This process's stack with ``wanted`` in it; StartFailed with the message. A reused
+    service that must be replaced but is held makes the run start a stack of its own, unless
+    ``fallback`` is false (``aikernel up``, whose stack must outlive it)."""
     lease = choose(settings, xdist=xdist, rootdir=rootdir)
     stack = lease.open(settings, report=report, hooks=hooks)
     try:
@@ -626,10 +669,16 @@ def open_stack(
             stack.start(wanted)
     except Held as exc:
         stack.stop()
+        if not fallback:
+            raise
         report(StackEvent("note", detail=f"{exc}; this run starts a stack of its own"))
-        fallback: Lease = XdistLease(xdist) if xdist is not None else PlainLease()
-        stack = fallback.open(settings, report=report, hooks=hooks)
-        stack.start(wanted)
+        own: Lease = XdistLease(xdist) if xdist is not None else PlainLease()
+        stack = own.open(settings, report=report, hooks=hooks)
+        try:
+            stack.start(wanted)
+        except BaseException:
+            stack.stop()
+            raise
     except BaseException:
         stack.stop()
         raise

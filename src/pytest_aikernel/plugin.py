@@ -13,7 +13,7 @@ import pytest
 
 from . import services as registry_mod
 from .container import ContainerFactory
-from .errors import ConfigError, DockerUnavailable
+from .errors import AikernelError, ConfigError, DockerUnavailable
 from .lease import StartFailed, XdistShare, open_stack, remove_xdist_stack
 from .services import Isolation
 from .settings import OPTIONS_BY_FIELD, Settings, add_options, read_settings
@@ -366,6 +366,10 @@ def _open(config: pytest.Config) -> None:
         )
     except StartFailed as exc:
         config.stash[start_failure_key] = (str(exc), exc.elsewhere)
+        return
+    except (AikernelError, OSError) as exc:  # a lock timeout, an unwritable cache folder...
+        text = f"pytest-aikernel could not open the stack: {type(exc).__name__}: {exc}"
+        config.stash[start_failure_key] = (text, False)
         return
     config.stash[stack_key] = stack
     if wanted:

@@ -259,8 +259,14 @@ class Stack:
             raise StackStartError(failures, external=self.external)
         if grown:
             added = frozenset(new)
-            for name in grown:
-                self._registry[name].on_stack_grew(self._ctx, self._ctx.running[name], added)
+            for name in sorted(grown):
+                try:
+                    self._registry[name].on_stack_grew(self._ctx, self._ctx.running[name], added)
+                except Exception as exc:  # e.g. Vault could not take the new entries
+                    failures.append(self._as_failure(name, exc))
+            if failures:
+                self.forget(new)
+                raise StackStartError(failures, external=self.external)
 
     def forget(self, names: Iterable[str], *, remove: bool = True) -> None:
         """Drop ``names`` from the stack; with ``remove``, remove their containers too (a
@@ -511,6 +517,13 @@ class Stack:
         except OSError:
             return False
         return True
+
+    def notify_grew(self, service: str, added: Iterable[str]) -> None:
+        """Tell a running ``service`` (Vault, Prometheus, Grafana) about ``added`` services, as
+        after an on-demand start (Vault writes their entries again)."""
+        added = frozenset(added) & self._ctx.exposed.keys()
+        if service in self._ctx.exposed and added:
+            self._registry[service].on_stack_grew(self._ctx, self._ctx.running[service], added)
 
     def emit(self, event: StackEvent) -> None:
         """Report progress (leases use it for reuse, sweep and reaper notes)."""

@@ -72,7 +72,9 @@ def test_world_env_host_and_in_network_forms(aikernel_world, aikernel_stack) -> 
     assert aikernel_world["redis"].get("mine") == b"1", "the env URL is the test's own database"
     client.close()
     assert inside["AIKERNEL_REDIS_URL"].endswith(f"@redis:6379/{aikernel_world['redis'].db}")
-    assert "AIKERNEL_REDIS_REPLICA_URL" not in host, "only services that run"
+    assert ("AIKERNEL_REDIS_REPLICA_URL" in host) == ("redis-replica" in aikernel_stack), (
+        "every service that runs, and only those"
+    )
 
 
 def test_the_example_service_is_isolated_per_test_under_xdist(tmp_path: Path) -> None:

@@ -103,11 +103,13 @@ def register(labels: Mapping[str, str]) -> str:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 sock.close()
-            return f"Ryuk did not acknowledge the filter ({exc})"
+            _status = f"Ryuk did not acknowledge the filter ({exc})"
+            return _status
         if not answer.startswith(b"ACK"):
             with contextlib.suppress(OSError):
                 sock.close()
-            return f"Ryuk answered {answer!r} instead of ACK"
+            _status = f"Ryuk answered {answer!r} instead of ACK"
+            return _status
         sock.settimeout(None)
         _sockets.append(sock)
         _registered.add(line)
