@@ -1,7 +1,7 @@
 """A test's own world: its per-test resources on every service it asks for, described in Vault.
 
-``aikernel_world`` gives a test its own clone, Redis database, topic prefix, index prefix and
-Neo4j session (the per-test fixtures of each service the test needs), and writes, under the
+``aikernel_world`` gives a test its own clone, Redis database, topic prefix and index prefix
+(the per-test fixtures of each service the test needs), and writes, under the
 test's own Vault path, ``aikernel/<service>`` entries with the same fields as the session's
 ``secret/aikernel/<service>`` entries but pointing at those resources. A service under test that
 is configured with only a Vault address, a token and that path sees its own isolated world, as it

@@ -1,4 +1,4 @@
-"""The Docker runtime: testcontainers starts each spec on the stack's private network.
+"""The Docker runtime: starts each spec through the Docker API on the stack's private network.
 
 Everything here is generic: labels, the private network, loopback port publishing, image checks,
 logs, removal and the sweeper that removes what dead sessions left behind.
