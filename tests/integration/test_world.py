@@ -98,3 +98,27 @@ def test_the_example_service_is_isolated_per_test_under_xdist(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
     assert "9 passed" in done.stdout, done.stdout[-3000:]
+
+
+def test_topics_the_code_under_test_makes_under_the_prefix_are_deleted_too(
+    aikernel_world, aikernel_kafka
+) -> None:
+    from confluent_kafka.admin import NewTopic
+
+    mine = aikernel_world["kafka"].name("made-by-the-service")
+    admin = aikernel_kafka.admin()
+    for future in admin.create_topics([NewTopic(mine, 1, 1)]).values():
+        future.result(timeout=30)
+    SEEN["topic"] = mine
+
+
+def test_those_topics_are_gone_after_their_test(aikernel_kafka) -> None:
+    import time
+
+    mine = SEEN.get("topic")
+    assert mine, "runs after the test above"
+    admin = aikernel_kafka.admin()
+    deadline = time.monotonic() + 20  # deleted in the background, after the test
+    while mine in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert mine not in admin.list_topics(timeout=10).topics

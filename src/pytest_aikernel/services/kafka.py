@@ -319,17 +319,23 @@ def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[TopicFactory]:
     factory = TopicFactory(kafka, admin, scope.name)
     janitor = scope.shared("janitor", lambda: Janitor("kafka-cleanup"))
 
-    def cleanup(topics: list[str]) -> None:
-        for future in admin.delete_topics(topics, operation_timeout=10).values():
+    def cleanup(made: list[str], prefix: str) -> None:
+        # also the topics the code under test created (or auto-created) under the prefix
+        with contextlib.suppress(Exception):
+            listed = admin.list_topics(timeout=10).topics
+            made = sorted({*made, *(t for t in listed if t.startswith(prefix))})
+        if not made:
+            return
+        for future in admin.delete_topics(made, operation_timeout=10).values():
             with contextlib.suppress(Exception):
                 future.result(timeout=30)
 
     try:
         yield factory
     finally:
-        if factory.topics:  # unique names: deleting them after the test returns is safe
-            made = list(factory.topics)
-            janitor.submit(lambda: cleanup(made))
+        # unique names: deleting them after the test returns is safe
+        made, prefix = list(factory.topics), factory.prefix
+        janitor.submit(lambda: cleanup(made, prefix))
 
 
 class Zookeeper(Service):
