@@ -160,7 +160,8 @@ def test_cache(aikernel_stack):
         proc.wait()
         began = time.monotonic()
         # no later run: Ryuk alone removes the killed run's stack
-        assert wait_gone(docker_api, session, timeout=RECONNECT + 30) == {}
+        left = wait_gone(docker_api, session, timeout=RECONNECT + 30)
+        assert left == {}, proc.stdout.read() if proc.stdout else ""
         print(f"Ryuk removed the killed run's stack {time.monotonic() - began:.1f} s after SIGKILL")
         assert not docker_api.networks.list(filters={"label": f"pytest-aikernel.session={session}"})
     finally:

@@ -137,3 +137,36 @@ def test_image_overrides_are_listed_only_for_services_the_run_uses(
         ["aikernel: image redis=example/redis:2 (from env AIKERNEL_IMAGE_REDIS)"]
     )
     assert "example/kafka" not in result.stdout.str()
+
+
+def test_ryuk_filter_is_sent_again_when_the_port_proxy_drops_the_first_connection() -> None:
+    """Docker's port proxy accepts a connection to a just published port and closes it when the
+    server behind it cannot be reached yet: the filter must be sent again, not given up."""
+    import socket
+    import threading
+
+    from pytest_aikernel.runtime import reaper
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    got: list[bytes] = []
+
+    def serve() -> None:
+        first, _ = server.accept()
+        first.close()  # what the proxy does before the reaper listens
+        second, _ = server.accept()
+        got.append(second.recv(100))
+        second.sendall(b"ACK\n")
+        second.recv(1)  # until the client goes away
+        second.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        sock, why = reaper._send_filter("127.0.0.1", port, "label=a=b")
+        assert sock is not None, why
+        sock.close()
+        thread.join(timeout=5)
+        assert got == [b"label=a=b\r\n"]
+    finally:
+        server.close()

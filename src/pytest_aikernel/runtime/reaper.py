@@ -74,6 +74,40 @@ def _address() -> tuple[str, int]:
     return str(container.get_container_host_ip()), int(container.get_exposed_port(8080))
 
 
+#: how long to keep trying to reach a reaper that testcontainers says has started
+CONNECT_WINDOW = 10.0
+
+
+def _send_filter(host: str, port: int, line: str) -> tuple[socket.socket | None, str]:
+    """A connection to Ryuk on which ``line`` was acknowledged, or (None, why not).
+
+    Docker's port proxy accepts a connection to a just published port before it can reach the
+    server behind it, and then closes it: such a connection answers nothing (b""), so it is
+    tried again, for up to ``CONNECT_WINDOW`` seconds.
+    """
+    import time
+
+    deadline = time.monotonic() + CONNECT_WINDOW
+    why = ""
+    while True:
+        sock: socket.socket | None = None
+        try:
+            sock = socket.create_connection((host, port), timeout=5)
+            sock.sendall(f"{line}\r\n".encode())
+            answer = sock.recv(16)
+            if answer.startswith(b"ACK"):
+                return sock, ""
+            why = f"Ryuk answered {answer!r} instead of ACK"
+        except OSError as exc:
+            why = f"Ryuk did not acknowledge the filter ({exc})"
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if time.monotonic() >= deadline:
+            return None, why
+        time.sleep(0.1)
+
+
 def register(labels: Mapping[str, str]) -> str:
     """Have Ryuk remove every container and network with all of ``labels`` once this process is
     gone. Returns "" when registered, else why not (the caller goes on without it)."""
@@ -92,23 +126,13 @@ def register(labels: Mapping[str, str]) -> str:
 
             Reaper.get_instance()
             host, port = _address()
-            sock = socket.create_connection((host, port), timeout=10)
         except Exception as exc:
             text = str(exc).strip().splitlines()
             _status = f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
             return _status
-        try:
-            sock.sendall(f"{line}\r\n".encode())
-            answer = sock.recv(16)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                sock.close()
-            _status = f"Ryuk did not acknowledge the filter ({exc})"
-            return _status
-        if not answer.startswith(b"ACK"):
-            with contextlib.suppress(OSError):
-                sock.close()
-            _status = f"Ryuk answered {answer!r} instead of ACK"
+        sock, why = _send_filter(host, port, line)
+        if sock is None:
+            _status = why
             return _status
         sock.settimeout(None)
         _sockets.append(sock)
