@@ -427,6 +427,17 @@ def _short(exc: BaseException) -> str:
 # ---- this process's containers -------------------------------------------------------------------
 
 
+def _reload(raw: Any, name: str, image: str, what: str = "container") -> None:
+    """Refresh a container's state; a container removed under us (``docker rm``, a reaper)
+    is a ContainerExited naming it, never a raw docker-py error."""
+    try:
+        raw.reload()
+    except Exception as exc:
+        raise ContainerExited(
+            f"container:{name}", f"{what} {name} ({image}) is gone ({_short(exc)})"
+        ) from None
+
+
 class _Hub:
     """This process's service containers: their session (labels, Ryuk), the names in use and
     the session-scoped ones by their arguments."""
@@ -630,7 +641,7 @@ class _Hub:
                 ),
             ) from None
         started = time.monotonic()
-        raw.reload()
+        _reload(raw, name, args.image)
         self._raise_if_exited(raw, args, name, started)
         from .runtime.docker import _published_ports
 
@@ -670,7 +681,7 @@ class _Hub:
             last = _check(wait, container, raw, max(min(deadline - time.monotonic(), 2.0), 0.05))
             if not last:
                 return
-            raw.reload()
+            _reload(raw, container.name, args.image)
             self._raise_if_exited(raw, args, container.name, started, wait)
             now = time.monotonic()
             if now >= deadline:
@@ -709,13 +720,7 @@ class _Hub:
 
     def _check_still_runs(self, container: ServiceContainer) -> None:
         raw = container._raw
-        try:
-            raw.reload()
-        except Exception as exc:
-            raise ContainerExited(
-                f"container:{container.name}",
-                f"session container {container.name} ({container.image}) is gone ({_short(exc)})",
-            ) from None
+        _reload(raw, container.name, container.image, "session container")
         state = raw.attrs.get("State", {})
         if state.get("Running", False):
             return
