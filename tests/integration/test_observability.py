@@ -21,14 +21,12 @@ def test_up_lists_the_stack_targets(aikernel_prometheus: PrometheusService, aike
         name for name in aikernel_stack if registry()[name].metrics(aikernel_stack._ctx) is not None
     }
     assert {"vault", "jaeger"} <= expected
-    # Jaeger 1.50 serves metrics on its admin port 14269; the 2.x stand-in serves them on 8888
-    # only (docs/stand-ins.md), so its job is listed but cannot be up here
-    up = expected - {"jaeger"}
-    for job in up:
+    # every job is up, jaeger's too: Jaeger 1.x serves its metrics on the admin port 14269
+    for job in expected:
         aikernel_prometheus.wait_for_target(job, timeout=30)
     jobs = {r["metric"]["job"]: r["value"][1] for r in aikernel_prometheus.query("up")}
     assert set(jobs) >= expected
-    assert {job: jobs[job] for job in up} == dict.fromkeys(up, "1")
+    assert {job: jobs[job] for job in expected} == dict.fromkeys(expected, "1")
 
 
 def test_query_errors_name_the_expression(aikernel_prometheus: PrometheusService) -> None:

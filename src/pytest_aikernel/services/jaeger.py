@@ -1,7 +1,7 @@
 """Jaeger all-in-one 1.50 with OTLP on, in-memory storage.
 
-Readiness uses the admin health check (``GET :14269/``), which 1.50 serves and the 2.x stand-in
-is configured to serve too: in 2.x the query API answers before the OTLP receivers accept spans.
+Readiness uses the admin health check (``GET :14269/``) of the 1.x all-in-one, which answers once
+the collector's OTLP receivers accept spans (the query API can answer earlier).
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ class Jaeger(Service):
         )
 
     def probe(self, ctx: StackContext, running: Running) -> None:
-        # the admin health check (1.x's :14269/, kept by the 2.x stand-in's configuration): in
-        # 2.x the query API answers before the OTLP receivers accept spans
+        # the admin health check (1.x's :14269/): the query API can answer before the OTLP
+        # receivers accept spans
         url = f"http://{running.host}:{running.host_port(ADMIN)}/"
         response = _http.request("GET", url, timeout=2)
         if not response.ok:
