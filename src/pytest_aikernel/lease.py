@@ -103,7 +103,11 @@ class Lease(ABC):
         hooks: StackHooks | None = None,
     ) -> Stack:
         """A new, empty stack held by this lease."""
-        return Stack(settings, on_event=report, hooks=hooks, lease=self)
+        return Stack(settings, on_event=report, hooks=hooks, lease=self, **self._stack_kwargs())
+
+    def _stack_kwargs(self) -> dict[str, Any]:
+        """What this lease's stacks are made with besides the settings (session, owner...)."""
+        return {}
 
     @abstractmethod
     def grow(self, stack: Stack, names: Iterable[str]) -> None:
@@ -194,21 +198,8 @@ class XdistLease(Lease):
         self.share = share
         self.folder = Path(share.folder)
 
-    def open(
-        self,
-        settings: Settings,
-        *,
-        report: Callable[[StackEvent], None] | None = None,
-        hooks: StackHooks | None = None,
-    ) -> Stack:
-        return Stack(
-            settings,
-            on_event=report,
-            hooks=hooks,
-            lease=self,
-            session_id=self.share.session_id,
-            owner=Owner.parse(self.share.owner),
-        )
+    def _stack_kwargs(self) -> dict[str, Any]:
+        return {"session_id": self.share.session_id, "owner": Owner.parse(self.share.owner)}
 
     def grow(self, stack: Stack, names: Iterable[str]) -> None:
         names = list(names)
@@ -457,6 +448,13 @@ class ReuseLease(Lease):
         self.leases = Leases(self.folder)
         self._keys: dict[str, str] = {}
 
+    def _stack_kwargs(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "owner": REUSE_OWNER,
+            "extra_labels": {LABEL_PROJECT: self.project},
+        }
+
     def open(
         self,
         settings: Settings,
@@ -464,15 +462,7 @@ class ReuseLease(Lease):
         report: Callable[[StackEvent], None] | None = None,
         hooks: StackHooks | None = None,
     ) -> Stack:
-        stack = Stack(
-            settings,
-            on_event=report,
-            hooks=hooks,
-            lease=self,
-            session_id=self.session_id,
-            owner=REUSE_OWNER,
-            extra_labels={LABEL_PROJECT: self.project},
-        )
+        stack = super().open(settings, report=report, hooks=hooks)
         stack.service_labels = lambda name: {LABEL_REUSE: self._keys.get(name, "")}
         return stack
 
