@@ -45,7 +45,9 @@ def docker_api() -> Iterator[docker.DockerClient]:
 
 def containers_of(client: docker.DockerClient, session: str) -> dict[str, str]:
     """service -> container status, for every container of a pytest-aikernel session."""
-    found = client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={session}"})
+    found = client.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"{LABEL_SESSION}={session}"}
+    )
     return {c.labels[LABEL_SERVICE]: c.status for c in found}
 
 

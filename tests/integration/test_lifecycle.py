@@ -116,7 +116,7 @@ def wait_gone(client: docker.DockerClient, session: str, timeout: float) -> dict
 
 def ids(client: docker.DockerClient, session: str) -> dict[str, str]:
     found = client.containers.list(
-        all=True, filters={"label": f"pytest-aikernel.session={session}"}
+        all=True, ignore_removed=True, filters={"label": f"pytest-aikernel.session={session}"}
     )
     return {c.labels["pytest-aikernel.service"]: c.id for c in found}
 
@@ -154,7 +154,9 @@ def test_cache(aikernel_stack):
     try:
         session = wait_file("session", proc)
         assert set(containers_of(docker_api, session)) == {"postgres", "redis", "vault"}
-        reapers = docker_api.containers.list(filters={"name": "testcontainers-ryuk-"})
+        reapers = docker_api.containers.list(
+            ignore_removed=True, filters={"name": "testcontainers-ryuk-"}
+        )
         assert reapers, "Ryuk is on: testcontainers started its reaper"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -54,7 +54,7 @@ def run_id(engine: docker.DockerClient) -> Iterator[str]:
     rid = uuid.uuid4().hex[:12]
     yield rid
     selector = {"label": f"{TEST_LABEL}={rid}"}
-    for container in engine.containers.list(all=True, filters=selector):
+    for container in engine.containers.list(all=True, ignore_removed=True, filters=selector):
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             container.remove(force=True, v=True)
     for network in engine.networks.list(filters=selector):

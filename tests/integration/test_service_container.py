@@ -135,7 +135,9 @@ def get_json(url: str) -> dict:
 
 
 def labelled(client: docker.DockerClient, service: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_SERVICE}={service}"})
+    return client.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"{LABEL_SERVICE}={service}"}
+    )
 
 
 # ---- one test's container ------------------------------------------------------------------------

@@ -262,7 +262,10 @@ def reused_redis(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
 def _owned_by(client: docker.DockerClient, pid: int) -> list:
     return [
         c
-        for c in client.containers.list(all=True, filters={"label": "pytest-aikernel.owner"})
+        # Ryuk may be removing a killed run's containers while they are listed
+        for c in client.containers.list(
+            all=True, ignore_removed=True, filters={"label": "pytest-aikernel.owner"}
+        )
         if c.labels["pytest-aikernel.owner"].split(":")[-2] == str(pid)
     ]
 
@@ -294,11 +297,13 @@ def test_slow(aikernel_stack):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not _owned_by(docker_api, proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # in the middle of the start-up
-    proc.wait()
+    try:
+        deadline = time.monotonic() + 120
+        while not _owned_by(docker_api, proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # in the middle of the start-up
+        proc.wait()
     left = _owned_by(docker_api, proc.pid)
     assert left, "the killed start-up left containers behind"
 
