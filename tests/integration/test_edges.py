@@ -3,14 +3,11 @@ cleanup, Redis databases shared by concurrent test processes."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,38 +19,11 @@ from pytest_aikernel.services import TestScope as Scope  # not "Test*": pytest w
 from pytest_aikernel.services import isolations
 from pytest_aikernel.services.postgres import CATALOG, ClonePool
 from pytest_aikernel.services.redis import ISOLATED_DBS, DbLease
+from tests.proxytrap import ProxyTrap
 
 # ---- proxies --------------------------------------------------------------------------------
 
 PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ALL_PROXY", "all_proxy")
-
-
-class ProxyTrap:
-    """A 'proxy' that accepts connections, counts them and closes them at once."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.hits = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.hits += 1
-            conn.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self._thread.join(timeout=5)
 
 
 def test_stack_clients_ignore_proxy_settings(

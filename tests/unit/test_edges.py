@@ -6,7 +6,6 @@ listening socket that counts the connections it gets and closes them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import socket
@@ -22,6 +21,7 @@ from pytest_aikernel import ElasticsearchService, KafkaService, PostgresService,
 from pytest_aikernel.services.kafka import _dotted
 from pytest_aikernel.services.postgres import ClonePool
 from pytest_aikernel.services.vault import VaultService
+from tests.proxytrap import ProxyTrap
 
 PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ALL_PROXY", "all_proxy")
 
@@ -59,34 +59,6 @@ def server() -> Iterator[tuple[str, int]]:
     httpd.shutdown()
     httpd.server_close()
     thread.join()
-
-
-class ProxyTrap:
-    """A 'proxy' that accepts connections, counts them and closes them at once."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.hits = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.hits += 1
-            conn.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
-        self.sock.close()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture
