@@ -103,3 +103,14 @@ class ContainerArgumentError(AikernelError, ValueError):
     ``service`` being ``container:<name>``: ImageUnavailable, ContainerExited, and
     ServiceStartTimeout for a wait that never passed.
     """
+
+
+class FaultError(AikernelError):
+    """A fault could not be applied or undone: an unknown toxic, a bad value, a service that is
+    not in the stack, ``promote()`` on a primary, an engine operation in external mode, a
+    failed heal. The message names the service and the call."""
+
+
+class FaultWaitTimeout(FaultError, TimeoutError):
+    """A test waited longer than ``--aikernel-fault-wait`` for a service that a test in another
+    process had taken (or for other tests to finish with it); the message names the holder."""

@@ -53,6 +53,7 @@ from .runtime.docker import (
     Owner,
     docker_client,
     remove_by_labels,
+    remove_service,
     sweep_dead_sessions,
 )
 from .settings import Settings
@@ -116,6 +117,14 @@ class Lease(ABC):
     @abstractmethod
     def release(self, stack: Stack) -> None:
         """End this process's hold on ``stack``."""
+
+    def fault_folder(self, stack: Stack) -> Path | None:
+        """Where the fault locks of a stack that several processes share live (None: only
+        this process uses the stack)."""
+        return None
+
+    def record_changed(self, stack: Stack, name: str) -> None:  # noqa: B027 - optional hook
+        """``name``'s container was made again (a rebuilt replica): tell the other processes."""
 
     def _sweep_once(self, stack: Stack) -> None:
         """The first grow of a process removes what dead sessions left behind."""
@@ -236,9 +245,10 @@ class XdistLease(Lease):
         for container in client.containers.list(
             all=True, ignore_removed=True, filters={"label": f"{LABEL_SESSION}={stack.session_id}"}
         ):
-            if container.id not in known and not str(
+            # "container:<name>" (services under test), "keeper:<service>" (tmpfs keepers)
+            if container.id not in known and ":" not in str(
                 container.labels.get(LABEL_SERVICE, "")
-            ).startswith("container:"):
+            ):
                 with contextlib.suppress(Exception):
                     container.remove(force=True, v=True)
 
@@ -258,6 +268,17 @@ class XdistLease(Lease):
                 "started": started,
             },
         )
+
+    def fault_folder(self, stack: Stack) -> Path | None:
+        return self.folder / "faults"
+
+    def record_changed(self, stack: Stack, name: str) -> None:
+        with locked(self.folder):
+            state = read_state(self.folder)
+            if state is not None and "services" in state:
+                services = dict(state["services"])
+                services[name] = stack.records()[name]
+                write_state(self.folder, {**state, "services": services})
 
     def release(self, stack: Stack) -> None:
         stack.runtime.detach()  # the controller removes the stack once every worker is done
@@ -547,8 +568,7 @@ class ReuseLease(Lease):
             record = records.pop(service, None)
             if record is None:
                 continue
-            with contextlib.suppress(Exception):
-                client.containers.get(str(record["container_id"])).remove(force=True, v=True)
+            remove_service(client, self.session_id, service, str(record["container_id"]))
         stack.emit(StackEvent("replaced", detail=f"{', '.join(sorted(doomed))}: {why}"))
 
     def _remove_orphans(
@@ -575,6 +595,16 @@ class ReuseLease(Lease):
             with contextlib.suppress(Exception):
                 orphan.remove(force=True, v=True)
             stack.emit(StackEvent("replaced", detail=f"{name}: its state was lost"))
+
+    def fault_folder(self, stack: Stack) -> Path | None:
+        return self.folder / "faults"
+
+    def record_changed(self, stack: Stack, name: str) -> None:
+        with locked(self.folder):
+            state = read_state(self.folder) or {}
+            services = dict(state.get("services", {}))
+            services[name] = {**stack.records()[name], "key": self._keys.get(name, "")}
+            write_state(self.folder, {**state, "services": services})
 
     def release(self, stack: Stack) -> None:
         self.leases.release()
@@ -608,10 +638,8 @@ def remove_reused(folder: Path, *, force: bool) -> tuple[list[str], dict[str, li
             client = docker_client()
             try:
                 for name in doomed:
-                    with contextlib.suppress(Exception):
-                        client.containers.get(str(records[name]["container_id"])).remove(
-                            force=True, v=True
-                        )
+                    session = f"r{state.get('project', '')}"
+                    remove_service(client, session, name, str(records[name]["container_id"]))
                     records.pop(name)
                     removed.append(name)
                 if not records:

@@ -547,6 +547,42 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+# ---- faults: every test starts on a healthy stack ------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    """Before the test's fixtures: wait while another process's test has one of its services
+    down, heal what a dead process left, fail for a service that could not be healed."""
+    stack = item.config.stash.get(stack_key, None)
+    if stack is not None and len(stack):
+        needed = _needs(item)
+        if needed:
+            try:
+                stack.faults.begin(item.nodeid, needed)
+            except AikernelError as exc:
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Heal what the test did to the stack before its fixtures are torn down (their cleanups
+    need the services), then let other processes have the services again."""
+    stack = item.config.stash.get(stack_key, None)
+    failures: list[str] = []
+    if stack is not None and len(stack) and stack.faults.touched:
+        failures = stack.faults.heal()
+    try:
+        result = yield
+    finally:
+        if stack is not None and len(stack):
+            stack.faults.end()
+    if failures:
+        raise pytest.fail.Exception("\n".join(failures), pytrace=False)
+    return result
+
+
 def _make_service_fixture(service: str) -> Any:
     def fixture(_aikernel_session_stack: Stack) -> Any:
         _grow(_aikernel_session_stack, service)

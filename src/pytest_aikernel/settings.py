@@ -80,6 +80,17 @@ OPTIONS: tuple[Option, ...] = (
         default="120",
     ),
     Option(
+        field="fault_wait",
+        cli="--aikernel-fault-wait",
+        ini="aikernel_fault_wait",
+        env="AIKERNEL_FAULT_WAIT",
+        metavar="SECONDS",
+        help="under pytest-xdist or reuse: how long a test waits for a service that a test in "
+        "another process has taken down (stop, pause, disconnect, promote), and how long a "
+        "fault waits for other processes' tests to finish with the service",
+        default="300",
+    ),
+    Option(
         field="docker_missing",
         cli="--aikernel-docker-missing",
         ini="aikernel_docker_missing",
@@ -260,6 +271,8 @@ class Settings:
 
     images: Mapping[str, str] = field(default_factory=dict)
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    #: seconds a test waits for a service another process's test has faulted
+    fault_wait: float = 300.0
     docker_missing: DockerMissing = "skip"
     postgres_init: tuple[InitFile, ...] = ()
     vault_seed: Path | None = None
@@ -438,6 +451,12 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         timeout = _parse_positive_float(_as_str(value), src)
         sources["startup_timeout"] = src
 
+    value, src, _ = pick("fault_wait")
+    fault_wait = 300.0
+    if value is not None:
+        fault_wait = _parse_positive_float(_as_str(value), src)
+        sources["fault_wait"] = src
+
     value, src, _ = pick("docker_missing")
     docker_missing: DockerMissing
     if value is not None:
@@ -524,6 +543,7 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
     return Settings(
         images=images,
         startup_timeout=timeout,
+        fault_wait=fault_wait,
         docker_missing=docker_missing,
         postgres_init=init_files,
         vault_seed=vault_seed,

@@ -33,6 +33,7 @@ from .services import Service, StackContext, TestScope
 from .settings import OPTIONS_BY_FIELD, Settings, env_name_for_image
 
 if TYPE_CHECKING:
+    from .faults import FaultBook
     from .lease import Lease
 
 #: readiness probes are retried this often (seconds)
@@ -122,6 +123,7 @@ class Stack:
         self.ready_at: dict[str, float] = {}
         self._scopes = 0
         self._isolation_state: dict[str, dict[str, Any]] = {}
+        self._faults: FaultBook | None = None
         atexit.register(self.stop)
 
     # ---- public mapping -----------------------------------------------------------------------
@@ -343,7 +345,7 @@ class Stack:
         self._finish(name, svc, running, freeze=True)
 
     def _finish(self, name: str, svc: Service, running: Running, *, freeze: bool) -> None:
-        obj = svc.expose(self._ctx, running)
+        obj = self._control(name, svc.expose(self._ctx, running))
         self.hooks.ready(name, obj, self)
         if freeze:
             svc.freeze(self._ctx, running)
@@ -443,6 +445,76 @@ class Stack:
         with self._event_lock, contextlib.suppress(Exception):
             self._on_event(event)
 
+    # ---- faults -------------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> FaultBook:
+        """What this process's tests did to the services, and how it is undone (faults.py)."""
+        with self._event_lock:
+            if self._faults is None:
+                from .faults import FaultBook
+
+                self._faults = FaultBook(self)
+            return self._faults
+
+    def _control(self, name: str, obj: Any) -> Any:
+        """Attach the fault calls of ``obj`` (a Faultable public object) to this stack."""
+        from .faults import Faultable
+
+        if isinstance(obj, Faultable):
+            object.__setattr__(obj, "_aikernel_control", (self, name))
+        return obj
+
+    def dependents(self, name: str) -> list[str]:
+        """The services of this stack that depend on ``name``, directly or not, in start order."""
+        out: set[str] = set()
+        todo = [name]
+        while todo:
+            current = todo.pop()
+            for other in self._ctx.exposed:
+                if current in self._registry[other].depends_on and other not in out:
+                    out.add(other)
+                    todo.append(other)
+        return [n for n in self.services if n in out]
+
+    def wait_ready_again(self, name: str) -> None:
+        """Probe ``name`` until it answers, as at its start (a fault restarted its container);
+        ServiceStartTimeout after the startup timeout."""
+        import dataclasses
+
+        running = dataclasses.replace(self._ctx.running[name], started_at=time.monotonic())
+        self._probe_until_ready(self._registry[name], running, threading.Event())
+
+    def settle(self, name: str) -> None:
+        """Wait until ``name`` is back in its normal state after a fault of it or of a service
+        it depends on (a replica streaming again), within the startup timeout."""
+        svc, running = self._registry[name], self._ctx.running[name]
+        deadline = time.monotonic() + self.settings.startup_timeout
+        while True:
+            try:
+                svc.settle(self._ctx, running)
+                return
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    raise ServiceStartTimeout(
+                        name,
+                        f"{name}: not back to normal {self.settings.startup_timeout:g} s after "
+                        f"a fault ({type(exc).__name__}: {str(exc).strip()})",
+                    ) from None
+            time.sleep(POLL_INTERVAL)
+
+    def rebuild(self, name: str) -> None:
+        """Make ``name``'s container again from its spec (same name, alias and host ports), as
+        a promoted replica needs; the lease's records follow."""
+        svc = self._registry[name]
+        spec = svc.container(self._ctx)
+        spec = self.hooks.container(name, spec) or spec
+        running = self.runtime.recreate(name, spec, labels=self.service_labels(name))
+        self._ctx.running[name] = running
+        self._probe_until_ready(svc, running, threading.Event())
+        svc.seed(self._ctx, running)
+        self.lease.record_changed(self, name)
+
     # ---- stop ---------------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -457,6 +529,8 @@ class Stack:
             for value in state.values():
                 with contextlib.suppress(Exception):
                     value.close()
+        if self._faults is not None:
+            self._faults.close()
         self.lease.release(self)
 
     # ---- sharing: what other processes need to attach -----------------------------------------
@@ -497,7 +571,9 @@ class Stack:
             self._ctx.running[name] = running
             if running.container_id and not self.external:
                 self.runtime.adopt(name, running.container_id)
-            self._ctx.exposed[name] = self._registry[name].expose(self._ctx, running)
+            self._ctx.exposed[name] = self._control(
+                name, self._registry[name].expose(self._ctx, running)
+            )
             self._ready[name] = threading.Event()
             self._ready[name].set()
             added.append(name)

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,21 @@ if TYPE_CHECKING:
 LABEL_SERVICE = "pytest-aikernel.service"
 LABEL_SESSION = "pytest-aikernel.session"
 LABEL_OWNER = "pytest-aikernel.owner"
+LABEL_TMPFS = "pytest-aikernel.tmpfs"
 LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """What a fault may have changed about a service's container."""
+
+    running: bool
+    paused: bool
+    #: on the stack network
+    connected: bool
+    container_id: str
+    #: container port -> host port, as published now
+    ports: Mapping[int, int]
 
 
 def _proc_start_time(pid: int) -> str:
@@ -205,6 +219,7 @@ class DockerRuntime:
         self._client: docker.DockerClient | None = None
         self._network_ready = False
         self._containers: dict[str, Container] = {}  # service -> its container
+        self._kept: set[str] = set()  # services whose tmpfs volumes a keeper holds
         self._lock = threading.Lock()
 
     # ---- engine -------------------------------------------------------------------------------
@@ -305,20 +320,47 @@ class DockerRuntime:
         return f"aikernel-{self.session_id}-{service}"
 
     def start(
-        self, service: str, spec: ContainerSpec, labels: Mapping[str, str] | None = None
+        self,
+        service: str,
+        spec: ContainerSpec,
+        labels: Mapping[str, str] | None = None,
+        *,
+        host_ports: Mapping[int, int] | None = None,
     ) -> Running:
-        """Create and start the container for ``service``; ports published on 127.0.0.1."""
+        """Create and start the container for ``service``; ports published on 127.0.0.1.
+
+        Every published port gets a fixed host port (the spec's ``host_ports``, then
+        ``host_ports``, else one free now), so that a stopped and started container comes back
+        on the same port: the engine would give an ephemeral binding a new one. A port taken
+        between its choice and the start is chosen again (twice at most).
+        """
+        fixed = {**dict(host_ports or {}), **spec.host_ports}
+        for attempt in range(3):
+            chosen = {port: fixed.get(port) or free_loopback_port() for port in spec.ports}
+            try:
+                return self._start(service, spec, labels, chosen)
+            except ServiceError as exc:
+                if (
+                    attempt == 2
+                    or "already" not in str(exc)
+                    or all(port in fixed for port in spec.ports)
+                ):
+                    raise
+                self.remove([service])
+        raise AssertionError("unreachable")
+
+    def _start(
+        self,
+        service: str,
+        spec: ContainerSpec,
+        labels: Mapping[str, str] | None,
+        chosen: Mapping[int, int],
+    ) -> Running:
         from docker.types import EndpointConfig
 
         self.create_network()
         client = self.client
-        # ("127.0.0.1",) = loopback only, ephemeral host port (docker-py's port binding form)
-        bindings: dict[str, Any] = {
-            f"{port}/tcp": (LOOPBACK, spec.host_ports[port])
-            if port in spec.host_ports
-            else (LOOPBACK,)
-            for port in spec.ports
-        }
+        bindings: dict[str, Any] = {f"{port}/tcp": (LOOPBACK, chosen[port]) for port in spec.ports}
         kwargs: dict[str, Any] = {
             "name": self.container_name(service),
             "labels": {**self.labels(service), **(labels or {})},
@@ -337,7 +379,7 @@ class DockerRuntime:
         if spec.user is not None:
             kwargs["user"] = spec.user
         if spec.tmpfs:
-            kwargs["tmpfs"] = dict(spec.tmpfs)
+            kwargs["mounts"] = [self._tmpfs_volume(service, p, o) for p, o in spec.tmpfs.items()]
         if spec.extra_hosts:
             kwargs["extra_hosts"] = dict(spec.extra_hosts)
         started = time.monotonic()
@@ -364,6 +406,188 @@ class DockerRuntime:
             internal_host=service,
             started_at=started,
         )
+
+    def _tmpfs_volume(self, service: str, path: str, options: str) -> Any:
+        """A tmpfs mount as an anonymous local volume of type tmpfs: as fast as ``--tmpfs``, but
+        it outlives a stopped container as long as another container holds it (see
+        :meth:`keep_data`); removed with the container (``v=True``) or by its labels."""
+        from docker.types import DriverConfig, Mount
+
+        opts = {"type": "tmpfs", "device": "tmpfs"}
+        if options:
+            opts["o"] = options
+        return Mount(
+            target=path,
+            source=None,
+            type="volume",
+            labels={**self.labels(service), LABEL_TMPFS: path},
+            driver_config=DriverConfig("local", opts),
+        )
+
+    # ---- faults: the same container, stopped, started, paused, cut off -----------------------
+
+    def container(self, service: str) -> Container:
+        """The container of ``service``, looked up by its name (another process may have made
+        it again); ServiceError when it is gone."""
+        import docker.errors
+
+        try:
+            raw = self.client.containers.get(self.container_name(service))
+        except docker.errors.NotFound:
+            raise ServiceError(
+                service, f"{service}: its container {self.container_name(service)} is gone"
+            ) from None
+        except Exception as exc:
+            raise ServiceError(
+                service, f"{service}: cannot inspect its container: {_short(exc)}"
+            ) from None
+        with self._lock:
+            self._containers[service] = raw
+        return raw
+
+    def _do(self, service: str, what: str, call: Callable[[Container], Any]) -> None:
+        raw = self.container(service)
+        try:
+            call(raw)
+        except Exception as exc:
+            raise ServiceError(service, f"{service}: {what} failed: {_short(exc)}") from None
+
+    def state(self, service: str) -> ContainerState:
+        """Whether the container of ``service`` runs, is paused and is on the stack network."""
+        raw = self.container(service)
+        state = raw.attrs.get("State", {})
+        networks = raw.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        return ContainerState(
+            running=bool(state.get("Running")),
+            paused=bool(state.get("Paused")),
+            connected=self.network_name in networks,
+            container_id=str(raw.id),
+            ports=_published_ports(raw.attrs, _exposed(raw.attrs)),
+        )
+
+    def stop(self, service: str, timeout: float = 10.0) -> None:
+        """``docker stop``: SIGTERM (the image's stop signal), SIGKILL after ``timeout`` s."""
+        self.keep_data(service)
+        self._do(service, "stop", lambda raw: raw.stop(timeout=max(0, round(timeout))))
+
+    def kill(self, service: str, signal: str = "SIGKILL") -> None:
+        """``docker kill --signal``: the container's main process gets ``signal``."""
+        self.keep_data(service)
+        self._do(service, f"kill with {signal}", lambda raw: raw.kill(signal=signal))
+
+    def start_again(self, service: str) -> None:
+        """``docker start`` of the stopped container (same host ports, alias and data)."""
+        self._do(service, "start", lambda raw: raw.start())
+
+    def pause(self, service: str) -> None:
+        self._do(service, "pause", lambda raw: raw.pause())
+
+    def unpause(self, service: str) -> None:
+        self._do(service, "unpause", lambda raw: raw.unpause())
+
+    def disconnect(self, service: str) -> None:
+        """Take the container off the stack network (its published ports go with it)."""
+        name = self.container_name(service)
+        self._do(
+            service,
+            "disconnect",
+            lambda _raw: self.client.api.disconnect_container_from_network(
+                name, self.network_name, force=True
+            ),
+        )
+
+    def reconnect(self, service: str) -> None:
+        """Put the container back on the stack network under its alias."""
+        name = self.container_name(service)
+        self._do(
+            service,
+            "reconnect",
+            lambda _raw: self.client.api.connect_container_to_network(
+                name, self.network_name, aliases=[service]
+            ),
+        )
+
+    def keep_data(self, service: str) -> None:
+        """Hold the tmpfs volumes of ``service`` in a small second container (``sleep`` in the
+        same image, no network) so that they survive a stop of the service's container: the
+        engine unmounts a tmpfs volume when no running container uses it. Made once; removed
+        with the service."""
+        import docker.errors
+
+        raw = self.container(service)
+        mounts = [
+            m
+            for m in raw.attrs.get("Mounts") or []
+            if m.get("Type") == "volume" and m.get("Name") and self._is_tmpfs(str(m["Name"]))
+        ]
+        if not mounts:
+            return
+        name = self.keeper_name(service)
+        client = self.client
+        try:
+            keeper = client.containers.get(name)
+        except docker.errors.NotFound:
+            keeper = None
+        if keeper is None:
+            from docker.types import Mount
+
+            try:
+                keeper = client.containers.create(
+                    str(raw.attrs.get("Image")),
+                    name=name,
+                    entrypoint=["sleep", "infinity"],
+                    command=[],
+                    labels=self.labels(f"keeper:{service}"),
+                    network_mode="none",
+                    mounts=[
+                        Mount(target=f"/keep/{i}", source=str(m["Name"]), type="volume")
+                        for i, m in enumerate(mounts)
+                    ],
+                    detach=True,
+                )
+            except docker.errors.APIError as exc:
+                if "Conflict" not in str(exc) and "already in use" not in str(exc):
+                    raise ServiceError(
+                        service, f"{service}: cannot keep its tmpfs data: {_short(exc)}"
+                    ) from None
+                keeper = client.containers.get(name)
+        try:
+            if keeper.status != "running":
+                keeper.start()
+            keeper.reload()
+        except Exception as exc:
+            raise ServiceError(
+                service, f"{service}: cannot keep its tmpfs data: {_short(exc)}"
+            ) from None
+        with self._lock:
+            self._kept.add(service)
+        if keeper.attrs.get("State", {}).get("Running") is not True:
+            raise ServiceError(
+                service,
+                f"{service}: cannot keep its tmpfs data across a restart: a `sleep infinity` "
+                f"container of its image exited ({keeper.attrs.get('State', {}).get('Error')})",
+            )
+
+    def _is_tmpfs(self, volume: str) -> bool:
+        try:
+            info = self.client.api.inspect_volume(volume)
+        except Exception:
+            return False
+        return bool((info.get("Options") or {}).get("type") == "tmpfs")
+
+    def keeper_name(self, service: str) -> str:
+        return f"aikernel-{self.session_id}-keeper-{service}"
+
+    def recreate(
+        self, service: str, spec: ContainerSpec, labels: Mapping[str, str] | None = None
+    ) -> Running:
+        """Remove the container of ``service`` and start ``spec`` in its place: same name,
+        alias and host ports (a promoted replica is made again)."""
+        old = self.state(service)
+        self.remove([service])
+        with contextlib.suppress(Exception):
+            self.client.containers.get(self.container_name(service)).remove(force=True, v=True)
+        return self.start(service, spec, labels, host_ports=old.ports)
 
     def check_alive(self, running: Running) -> None:
         """Raise ContainerExited when the service's container is no longer running."""
@@ -428,6 +652,11 @@ class DockerRuntime:
         for service in list(services):
             with self._lock:
                 raw = self._containers.pop(service, None)
+                kept = service in self._kept
+                self._kept.discard(service)
+            if kept:  # the keeper first: it holds the service's volumes
+                with contextlib.suppress(Exception):
+                    self.client.containers.get(self.keeper_name(service)).remove(force=True)
             if raw is None:
                 continue
             with contextlib.suppress(Exception):
@@ -478,17 +707,45 @@ def _published_ports(attrs: dict[str, Any], wanted: Iterable[int]) -> dict[int, 
     return ports
 
 
+def _exposed(attrs: dict[str, Any]) -> list[int]:
+    bindings = attrs.get("HostConfig", {}).get("PortBindings") or {}
+    return [int(key.split("/")[0]) for key in bindings if key.endswith("/tcp")]
+
+
+def remove_service(
+    client: docker.DockerClient, session_id: str, service: str, container_id: str
+) -> None:
+    """Remove one service's container, the keeper of its tmpfs volumes (if a fault made one)
+    and those volumes."""
+    for ref in (f"aikernel-{session_id}-keeper-{service}", container_id):
+        with contextlib.suppress(Exception):
+            client.containers.get(ref).remove(force=True, v=True)
+    labels = [f"{LABEL_SESSION}={session_id}", f"{LABEL_SERVICE}={service}", LABEL_TMPFS]
+    with contextlib.suppress(Exception):
+        for volume in client.volumes.list(filters={"label": labels}):
+            with contextlib.suppress(Exception):
+                volume.remove(force=True)
+
+
 def remove_by_labels(client: docker.DockerClient, labels: dict[str, str]) -> int:
-    """Remove every container and network carrying all of ``labels``; return the count."""
+    """Remove every container, network and volume carrying all of ``labels``; return the number
+    of containers removed."""
     filters: dict[str, Any] = {"label": [f"{k}={v}" for k, v in labels.items()]}
     removed = 0
-    for container in client.containers.list(all=True, ignore_removed=True, filters=filters):
+    containers = client.containers.list(all=True, ignore_removed=True, filters=filters)
+    # keepers first: they hold the tmpfs volumes of the others
+    containers.sort(key=lambda c: not str(c.labels.get(LABEL_SERVICE, "")).startswith("keeper:"))
+    for container in containers:
         with contextlib.suppress(Exception):
             container.remove(force=True, v=True)
             removed += 1
     for network in client.networks.list(filters=filters):
         with contextlib.suppress(Exception):
             network.remove()
+    with contextlib.suppress(Exception):
+        for volume in client.volumes.list(filters=filters):
+            with contextlib.suppress(Exception):
+                volume.remove(force=True)
     return removed
 
 
@@ -502,6 +759,7 @@ def sweep_dead_sessions(client: docker.DockerClient) -> list[str]:
     objects: list[Any] = [
         *client.containers.list(all=True, ignore_removed=True, filters={"label": [LABEL_SESSION]}),
         *client.networks.list(filters={"label": [LABEL_SESSION]}),
+        *client.volumes.list(filters={"label": [LABEL_SESSION]}),
     ]
     for obj in objects:
         labels = obj.attrs.get("Labels") or obj.attrs.get("Config", {}).get("Labels") or {}

@@ -250,6 +250,30 @@ class Service(ABC):
         """The service's Prometheus metrics endpoint, if it has one (scraped by Prometheus)."""
         return None
 
+    # ---- faults (faults.py) ----------------------------------------------------------------
+
+    #: a replica that ``promote()`` can make a primary
+    can_promote: ClassVar[bool] = False
+
+    def promote(self, ctx: StackContext, running: Running) -> None:
+        """Make this replica a writable primary (only where ``can_promote``)."""
+        raise NotImplementedError
+
+    def unpromote(self, ctx: StackContext, running: Running) -> bool:
+        """Make a promoted replica a replica again, in place; False when its container must be
+        made again (the stack then recreates it from :meth:`container`). Called after every
+        test that faulted the service: a replica that is still one returns True at once."""
+        return True
+
+    def after_restart(self, ctx: StackContext, running: Running) -> None:  # noqa: B027
+        """The container was started again after a stop or kill: put back what the server does
+        not keep (Vault in dev mode: its entries and seed)."""
+
+    def settle(self, ctx: StackContext, running: Running) -> None:
+        """Return once the service is back in its normal state after a fault of it or of a
+        service it depends on; raise while it is not (retried). Default: the readiness probe."""
+        self.probe(ctx, running)
+
     def on_stack_grew(  # noqa: B027 - optional hook
         self, ctx: StackContext, running: Running, added: frozenset[str]
     ) -> None:

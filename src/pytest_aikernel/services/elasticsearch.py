@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from .. import _http
 from ..errors import ConfigError, SeedError, ServiceError, WaitTimeout
+from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
 from .base import (
@@ -45,7 +46,7 @@ INIT_KEYS: Mapping[str, str] = {
 
 
 @dataclass(frozen=True)
-class ElasticsearchService(HttpService):
+class ElasticsearchService(HttpService, Faultable):
     """Elasticsearch of the stack (security off): ``url`` and client helpers."""
 
     internal_port: int = PORT
@@ -147,7 +148,7 @@ def _direct_requests_node() -> type[Any]:
 
 
 @dataclass(frozen=True)
-class KibanaService(HttpService):
+class KibanaService(HttpService, Faultable):
     """Kibana of the stack, connected to its Elasticsearch: ``url``."""
 
     internal_port: int = KIBANA_PORT

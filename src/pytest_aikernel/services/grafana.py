@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
 from .. import _http
+from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from .base import (
     ExternalTarget,
@@ -25,7 +26,7 @@ PROVISIONING = "/etc/grafana/provisioning/datasources/aikernel.yaml"
 
 
 @dataclass(frozen=True, repr=False)
-class GrafanaService(MaskedRepr):
+class GrafanaService(MaskedRepr, Faultable):
     """Grafana of the stack: ``url`` and the generated admin credentials."""
 
     host: str

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .. import _http
+from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from .base import (
     ExternalTarget,
@@ -30,7 +31,7 @@ ADMIN = 14269
 
 
 @dataclass(frozen=True)
-class JaegerService:
+class JaegerService(Faultable):
     """Jaeger of the stack: UI/query API and OTLP endpoints, host side and in-network."""
 
     host: str

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SeedError, ServiceError, WaitTimeout
+from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from ..runtime.docker import free_loopback_port
 from .base import (
@@ -49,7 +50,7 @@ _QUIET.propagate = False
 
 
 @dataclass(frozen=True)
-class ZookeeperService(Endpoint):
+class ZookeeperService(Endpoint, Faultable):
     """ZooKeeper of the stack."""
 
     internal_port: int = ZK_PORT
@@ -66,7 +67,7 @@ class ZookeeperService(Endpoint):
 
 
 @dataclass(frozen=True)
-class KafkaService(Endpoint):
+class KafkaService(Endpoint, Faultable):
     """The Kafka broker of the stack and confluent-kafka client factories."""
 
     internal_port: int = INTERNAL_PORT

@@ -10,6 +10,7 @@ from urllib.parse import quote, unquote
 
 from .._sql import split_cypher
 from ..errors import ConfigError, SeedError
+from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD
 from .base import (
@@ -32,7 +33,7 @@ USER = "neo4j"
 
 
 @dataclass(frozen=True, repr=False)
-class Neo4jService(MaskedRepr):
+class Neo4jService(MaskedRepr, Faultable):
     """Neo4j of the stack: Bolt and HTTP from the test process, and in-network twins."""
 
     host: str

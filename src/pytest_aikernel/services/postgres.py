@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
 from .._sql import MetaCommand, Statement, split_sql
-from ..errors import ConfigError, ReplicationTimeout, SeedError, ServiceError
+from ..errors import ConfigError, FaultError, ReplicationTimeout, SeedError, ServiceError
+from ..faults import Faultable, Promotable
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD
 from .base import (
@@ -86,7 +87,7 @@ exec postgres -D "$PGDATA" "$@"
 
 
 @dataclass(frozen=True, repr=False)
-class PostgresService(MaskedRepr):
+class PostgresService(MaskedRepr, Faultable):
     """A PostgreSQL server of the stack, as reached from the test process.
 
     ``internal_host``/``internal_port`` are the same server as reached from containers on the
@@ -120,7 +121,7 @@ class PostgresService(MaskedRepr):
 
 
 @dataclass(frozen=True, repr=False)
-class PostgresReplicaService(PostgresService):
+class PostgresReplicaService(PostgresService, Promotable):
     """A read-only streaming replica of the stack's ``postgres`` primary."""
 
     primary: PostgresService | None = field(default=None)
@@ -826,9 +827,33 @@ class PostgresReplica(Service):
             ports=(PORT,),
             user="postgres",
             entrypoint=("sh", "-c", _REPLICA_SCRIPT, "aikernel-replica"),
-            command=(*FAST_FLAGS, "-c", "hot_standby=on"),
+            # retry the primary every 0.2 s (default 5 s) once it is back from a fault
+            command=(*FAST_FLAGS, "-c", "hot_standby=on", "-c", "wal_retrieve_retry_interval=200"),
             tmpfs={PGDATA: "mode=1777"},
         )
+
+    can_promote = True
+
+    def promote(self, ctx: StackContext, running: Running) -> None:
+        password = ctx.secrets.get("postgres.password")
+        with _probe_connect(USER, password, running, "postgres") as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is None or not row[0]:
+                raise FaultError(
+                    "aikernel_postgres_replica.promote(): the replica is a primary already "
+                    "(promoted earlier in this test)"
+                )
+            row = conn.execute("SELECT pg_promote(wait => true, wait_seconds => 60)").fetchone()
+        if row is None or not row[0]:
+            raise FaultError("aikernel_postgres_replica.promote(): pg_promote() did not finish")
+
+    def unpromote(self, ctx: StackContext, running: Running) -> bool:
+        # a promoted server cannot become a standby of its old primary again without
+        # pg_rewind: it is made again (a new base backup), as a failed-over node would be
+        password = ctx.secrets.get("postgres.password")
+        with _probe_connect(USER, password, running, "postgres") as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return bool(row and row[0])
 
     def probe(self, ctx: StackContext, running: Running) -> None:
         password = ctx.secrets.get("postgres.password")

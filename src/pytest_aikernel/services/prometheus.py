@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _http
+from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from .base import HttpService, Service, StackContext, endpoint_entry
 
@@ -23,7 +24,7 @@ SCRAPE_INTERVAL = "1s"
 
 
 @dataclass(frozen=True)
-class PrometheusService(HttpService):
+class PrometheusService(HttpService, Faultable):
     """Prometheus of the stack: ``url``, instant queries and target checks over plain HTTP."""
 
     internal_port: int = PORT

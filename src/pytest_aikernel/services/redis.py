@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
-from ..errors import ServiceError
+from ..errors import FaultError, ServiceError
+from ..faults import Faultable, Promotable
 from ..runtime import ContainerSpec, Running
 from .base import (
     ExternalTarget,
@@ -35,7 +36,7 @@ _NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
 
 
 @dataclass(frozen=True, repr=False)
-class RedisService(MaskedRepr):
+class RedisService(MaskedRepr, Faultable):
     """A Redis server of the stack, as reached from the test process."""
 
     host: str
@@ -76,7 +77,7 @@ class RedisService(MaskedRepr):
 
 
 @dataclass(frozen=True, repr=False)
-class RedisReplicaService(RedisService):
+class RedisReplicaService(RedisService, Promotable):
     """A read-only replica of the stack's ``redis`` master."""
 
     master: RedisService | None = field(default=None)
@@ -398,6 +399,23 @@ class RedisReplica(Service):
             raise RuntimeError(f"role is {info.get('role')!r}, not a replica")
         if info.get("master_link_status") != "up":
             raise RuntimeError(f"replication link is {info.get('master_link_status')!r}")
+
+    can_promote = True
+
+    def promote(self, ctx: StackContext, running: Running) -> None:
+        with _probe_client(ctx, running) as client:
+            if client.info("replication").get("role") != "slave":
+                raise FaultError(
+                    "aikernel_redis_replica.promote(): the replica is a master already "
+                    "(promoted earlier in this test)"
+                )
+            client.execute_command("REPLICAOF", "NO", "ONE")
+
+    def unpromote(self, ctx: StackContext, running: Running) -> bool:
+        with _probe_client(ctx, running) as client:
+            if client.info("replication").get("role") != "slave":
+                client.execute_command("REPLICAOF", ctx.running["redis"].internal_host, str(PORT))
+        return True
 
     def expose(self, ctx: StackContext, running: Running) -> RedisReplicaService:
         return RedisReplicaService(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _http
 from ..errors import ConfigError, SeedError
+from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
 from .base import (
@@ -123,7 +124,7 @@ def load_seed(path: Path) -> VaultSeed:
 
 
 @dataclass(frozen=True, repr=False)
-class VaultService(MaskedRepr):
+class VaultService(MaskedRepr, Faultable):
     """Vault (dev mode) of the stack: ``url``, root ``token`` and client helpers."""
 
     host: str
@@ -336,6 +337,10 @@ class Vault(Service):
             self._write_entry(ctx, client, name)
         if ctx.settings.vault_seed is not None:
             self._apply_seed(client, load_seed(ctx.settings.vault_seed))
+
+    def after_restart(self, ctx: StackContext, running: Running) -> None:
+        """Vault in dev mode keeps nothing: write every service's entry and the seed again."""
+        self.seed(ctx, running)
 
     def on_stack_grew(self, ctx: StackContext, running: Running, added: frozenset[str]) -> None:
         client = self._client(ctx, running)
