@@ -92,6 +92,12 @@ class Faultable:
         """Put the container back on the stack network under its alias and host port."""
         self._fault("reconnect")
 
+    def promote(self) -> None:
+        """Fail over to this replica (``aikernel_postgres_replica``, ``aikernel_redis_replica``):
+        it becomes a writable primary. After the test it is a replica of the stack's primary
+        again (made again where the server cannot go back). On a primary: FaultError."""
+        self._fault("promote")
+
     @contextlib.contextmanager
     def down(self, timeout: float = 10.0) -> Iterator[None]:
         """``with service.down():`` stopped inside the block, started (and ready) after it."""
@@ -127,15 +133,6 @@ class Faultable:
             yield
         finally:
             self.reconnect()
-
-
-class Promotable(Faultable):
-    """A replica that can be failed over to: :meth:`promote`."""
-
-    def promote(self) -> None:
-        """Make this replica a writable primary. After the test it is a replica of the stack's
-        primary again (made again where the server cannot go back)."""
-        self._fault("promote")
 
 
 # ---- cross-process locks ------------------------------------------------------------------------
@@ -477,4 +474,4 @@ class FaultBook:
             self._ready(service, restarted=True)
 
 
-__all__ = ["FaultBook", "FaultLocks", "Faultable", "Promotable"]
+__all__ = ["FaultBook", "FaultLocks", "Faultable"]

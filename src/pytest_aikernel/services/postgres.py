@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote
 
 from .._sql import MetaCommand, Statement, split_sql
 from ..errors import ConfigError, FaultError, ReplicationTimeout, SeedError, ServiceError
-from ..faults import Faultable, Promotable
+from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD
 from .base import (
@@ -121,7 +121,7 @@ class PostgresService(MaskedRepr, Faultable):
 
 
 @dataclass(frozen=True, repr=False)
-class PostgresReplicaService(PostgresService, Promotable):
+class PostgresReplicaService(PostgresService):
     """A read-only streaming replica of the stack's ``postgres`` primary."""
 
     primary: PostgresService | None = field(default=None)

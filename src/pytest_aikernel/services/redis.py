@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
 from ..errors import FaultError, ServiceError
-from ..faults import Faultable, Promotable
+from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from .base import (
     ExternalTarget,
@@ -77,7 +77,7 @@ class RedisService(MaskedRepr, Faultable):
 
 
 @dataclass(frozen=True, repr=False)
-class RedisReplicaService(RedisService, Promotable):
+class RedisReplicaService(RedisService):
     """A read-only replica of the stack's ``redis`` master."""
 
     master: RedisService | None = field(default=None)
