@@ -17,6 +17,8 @@ from .errors import (
     ContainerArgumentError,
     ContainerExited,
     DockerUnavailable,
+    FaultError,
+    FaultWaitTimeout,
     ImageUnavailable,
     ReplicationTimeout,
     SeedError,
@@ -25,6 +27,7 @@ from .errors import (
     StackStartError,
     WaitTimeout,
 )
+from .faults import Faultable
 from .services.elasticsearch import ElasticsearchService, IndexPrefix, KibanaService
 from .services.grafana import GrafanaService
 from .services.jaeger import JaegerService
@@ -33,9 +36,11 @@ from .services.neo4j import Neo4jService, RollbackSession
 from .services.postgres import CloneFactory, PostgresReplicaService, PostgresService
 from .services.prometheus import PrometheusService
 from .services.redis import RedisReplicaService, RedisService
+from .services.toxiproxy import ToxiproxyService
 from .services.vault import VaultPath, VaultService
 from .settings import InitFile, ScrapeTarget, Settings, Topic
 from .stack import Stack
+from .toxics import NetworkFaults, Toxic
 from .world import World
 
 if TYPE_CHECKING:
@@ -69,6 +74,9 @@ __all__ = [
     "DockerUnavailable",
     "ElasticsearchService",
     "ExecResult",
+    "FaultError",
+    "FaultWaitTimeout",
+    "Faultable",
     "GrafanaService",
     "ImageUnavailable",
     "IndexPrefix",
@@ -77,6 +85,7 @@ __all__ = [
     "KafkaService",
     "KibanaService",
     "Neo4jService",
+    "NetworkFaults",
     "PostgresReplicaService",
     "PostgresService",
     "PrometheusService",
@@ -95,6 +104,8 @@ __all__ = [
     "StackStartError",
     "Topic",
     "TopicFactory",
+    "Toxic",
+    "ToxiproxyService",
     "VaultPath",
     "VaultService",
     "Wait",

@@ -18,6 +18,7 @@ from .lease import StartFailed, XdistShare, open_stack, remove_xdist_stack
 from .services import Isolation
 from .settings import OPTIONS_BY_FIELD, Settings, add_options, read_settings
 from .stack import Stack, StackEvent, StackHooks
+from .toxics import NetworkFaults
 from .world import World
 
 MARKER = "aikernel_stack"
@@ -131,6 +132,8 @@ def _needs(item: pytest.Item) -> set[str]:
             needed.add(service)
     if WORLD_FIXTURE in fixturenames:
         needed.add("vault")
+    if FAULTS_FIXTURE in fixturenames:
+        needed.add("toxiproxy")
     return needed
 
 
@@ -505,6 +508,37 @@ def aikernel_world(request: pytest.FixtureRequest, _aikernel_session_stack: Stac
     }
     vault_path = request.getfixturevalue("aikernel_vault_path")
     return build(stack, services, objects, vault_path)
+
+
+FAULTS_FIXTURE = "aikernel_faults"
+
+
+@pytest.fixture
+def aikernel_faults(
+    request: pytest.FixtureRequest, _aikernel_session_stack: Stack
+) -> Iterator[NetworkFaults]:
+    """Network faults through Toxiproxy for this test (Toxiproxy joins the stack).
+
+    ``aikernel_faults.proxied("postgres")`` is the same kind of object as ``aikernel_postgres``
+    whose host side and in-network address go through a proxy of this test's own. Faults on
+    that path: ``latency(service, ms, jitter=0)``, ``bandwidth(service, kbps)``,
+    ``timeout(service, ms)``, ``reset_peer(service, ms)``, ``slow_close(service, ms)``,
+    ``limit_data(service, nbytes)``, ``down(service)`` and ``toxic(service, kind, **attrs)``;
+    each takes ``direction="both"|"upstream"|"downstream"`` and works as a context manager or
+    until the test ends. Service-level faults (stop, kill, pause, disconnect, promote) are on
+    the service objects themselves. See docs/faults.md.
+    """
+
+    stack = _aikernel_session_stack
+    _grow(stack, "toxiproxy")
+    stash = request.node.stash
+    scope = stack.test_scope("toxiproxy", stash.get(stem_key, None))
+    stash[stem_key] = scope.name
+    faults = NetworkFaults(stack, scope.name, request.node.nodeid)
+    try:
+        yield faults
+    finally:
+        faults.close()
 
 
 class StackFailed(pytest.fail.Exception):  # type: ignore[misc, name-defined]

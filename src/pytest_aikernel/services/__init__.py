@@ -25,6 +25,7 @@ _MODULES = (
     "prometheus",
     "grafana",
     "jaeger",
+    "toxiproxy",
 )
 
 

@@ -101,6 +101,16 @@ class Isolation:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Where a proxy of one service port listens: host side and in-network address."""
+
+    host: str
+    port: int
+    internal_host: str
+    internal_port: int
+
+
+@dataclass(frozen=True)
 class ExternalTarget:
     """Where an already running server is (external mode) and the credentials it takes."""
 
@@ -273,6 +283,33 @@ class Service(ABC):
         """Return once the service is back in its normal state after a fault of it or of a
         service it depends on; raise while it is not (retried). Default: the readiness probe."""
         self.probe(ctx, running)
+
+    #: why a Toxiproxy proxy cannot stand in front of this service ("" where it can)
+    not_proxied: ClassVar[str] = ""
+
+    def proxied(self, obj: Any, routes: Mapping[int, Route]) -> Any:
+        """``obj`` (this service's public object) with its addresses replaced by ``routes``
+        (container port -> the proxy's host side and in-network address), for network faults.
+        The default handles objects with ``host``/``port``/``internal_host``/``internal_port``
+        fields and one port; services with other fields override it, or raise FaultError where
+        a proxy in front of them cannot work."""
+        import dataclasses
+
+        from ..errors import FaultError
+
+        names = (
+            {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
+        )
+        if len(routes) != 1 or not {"host", "port", "internal_host", "internal_port"} <= names:
+            raise FaultError(f"{self.name}: its object cannot be given proxied addresses")
+        (route,) = routes.values()
+        return dataclasses.replace(
+            obj,
+            host=route.host,
+            port=route.port,
+            internal_host=route.internal_host,
+            internal_port=route.internal_port,
+        )
 
     def on_stack_grew(  # noqa: B027 - optional hook
         self, ctx: StackContext, running: Running, added: frozenset[str]

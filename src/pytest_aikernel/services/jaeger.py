@@ -18,6 +18,7 @@ from ..runtime import ContainerSpec, Running
 from .base import (
     ExternalTarget,
     MetricsEndpoint,
+    Route,
     Service,
     StackContext,
     endpoint_entry,
@@ -151,6 +152,19 @@ class Jaeger(Service):
 
     def metrics(self, ctx: StackContext) -> MetricsEndpoint:
         return MetricsEndpoint(ADMIN)
+
+    def proxied(self, obj: Any, routes: Mapping[int, Route]) -> Any:
+        import dataclasses
+
+        # the in-network endpoints are fixed ports of the alias: only the host side is proxied
+        return dataclasses.replace(
+            obj,
+            host=routes[UI].host,
+            ui_port=routes[UI].port,
+            otlp_grpc_port=routes[OTLP_GRPC].port,
+            otlp_http_port=routes[OTLP_HTTP].port,
+            admin_port=routes[ADMIN].port,
+        )
 
     def expose(self, ctx: StackContext, running: Running) -> JaegerService:
         return JaegerService(

@@ -388,6 +388,11 @@ class Zookeeper(Service):
 
 
 class Kafka(Service):
+    not_proxied = (
+        "clients connect to the addresses the broker advertises (its listeners), not to a "
+        "proxy in front of it. Use aikernel_kafka.pause(), .stop() or .partitioned() for Kafka "
+        "faults"
+    )
     name = "kafka"
     shaped_by = ("kafka_topics",)
     default_image = f"confluentinc/cp-kafka:{VERSION}"

@@ -17,6 +17,7 @@ from .base import (
     ExternalTarget,
     Isolation,
     MaskedRepr,
+    Route,
     Service,
     StackContext,
     TestScope,
@@ -246,6 +247,19 @@ class Neo4j(Service):
                             f"Fix the file or remove it from {source} ({opt.cli} / ini "
                             f"{opt.ini} / env {opt.env}).",
                         ) from None
+
+    def proxied(self, obj: Any, routes: Mapping[int, Route]) -> Any:
+        import dataclasses
+
+        return dataclasses.replace(
+            obj,
+            host=routes[BOLT].host,
+            bolt_port=routes[BOLT].port,
+            http_port=routes[HTTP].port,
+            internal_host=routes[BOLT].internal_host,
+            internal_bolt_port=routes[BOLT].internal_port,
+            internal_http_port=routes[HTTP].internal_port,
+        )
 
     def expose(self, ctx: StackContext, running: Running) -> Neo4jService:
         return Neo4jService(
