@@ -353,7 +353,10 @@ class Stack:
         elapsed = time.monotonic() - running.started_at
         self.timings[name] = elapsed
         self._ready[name].set()
-        ports = ", ".join(f"{running.host}:{p}" for p in running.ports.values())
+        shown = [f"{running.host}:{p}" for p in running.ports.values()]
+        if len(shown) > 5:  # Toxiproxy's pool of proxy ports
+            shown[4:] = [f"+{len(shown) - 4} more"]
+        ports = ", ".join(shown)
         self._emit(StackEvent("ready", name, elapsed=elapsed, detail=ports))
 
     def _wait_ready(self, name: str, stop: threading.Event) -> None:
