@@ -30,7 +30,18 @@ if TYPE_CHECKING:
 OUTSIDE = "(outside a test)"
 
 #: operations that need the engine (not possible in external mode)
-ENGINE_OPS = ("stop", "start", "kill", "restart", "pause", "unpause", "disconnect", "reconnect")
+ENGINE_OPS = (
+    "stop",
+    "start",
+    "kill",
+    "restart",
+    "pause",
+    "unpause",
+    "disconnect",
+    "reconnect",
+    # a promoted PostgreSQL replica is made again by the engine
+    "promote",
+)
 
 
 class Faultable:
@@ -352,8 +363,9 @@ class FaultBook:
         if stack.external and op in ENGINE_OPS:
             raise FaultError(
                 f"{call}: needs the Docker engine, but in external mode (--aikernel-mode "
-                f"external) the plugin did not start {service} and cannot stop, pause or cut it "
-                "off. Use aikernel_faults (Toxiproxy) for network faults, or run in docker mode."
+                f"external) the plugin did not start {service} and cannot stop, pause, cut off "
+                "or fail it over. Use aikernel_faults (Toxiproxy) for network faults, or run in "
+                "docker mode."
             )
         if op == "kill":
             signal = str(kwargs.get("signal", "SIGKILL"))
