@@ -656,7 +656,7 @@ class DockerRuntime:
                 self._kept.discard(service)
             if kept:  # the keeper first: it holds the service's volumes
                 with contextlib.suppress(Exception):
-                    self.client.containers.get(self.keeper_name(service)).remove(force=True)
+                    self.client.containers.get(self.keeper_name(service)).remove(force=True, v=True)
             if raw is None:
                 continue
             with contextlib.suppress(Exception):
