@@ -49,7 +49,7 @@ from .errors import (
     ServiceError,
     ServiceStartTimeout,
 )
-from .runtime.docker import LABEL_OWNER, LABEL_SERVICE, LABEL_SESSION, LOOPBACK, Owner
+from .runtime.docker import LABEL_OWNER, LABEL_SERVICE, LABEL_SESSION, Owner
 
 if TYPE_CHECKING:
     import pytest
@@ -600,8 +600,9 @@ class _Hub:
             "name": f"aikernel-{self.session_id}-{name}",
             "labels": labels,
             "environment": env,
-            # ("127.0.0.1",) = loopback only, ephemeral host port (docker-py's binding form)
-            "ports": {f"{port}/tcp": (LOOPBACK,) for port in args.ports},
+            # (address,) = an ephemeral host port on the bind address (loopback on a local
+            # engine; docker-py's binding form)
+            "ports": {f"{port}/tcp": (self.stack.runtime.engine.bind,) for port in args.ports},
             "network": network,
             "networking_config": {network: EndpointConfig(client.api.api_version, aliases=[name])},
             "detach": True,
@@ -645,19 +646,23 @@ class _Hub:
         self._raise_if_exited(raw, args, name, started)
         from .runtime.docker import _published_ports
 
-        ports = _published_ports(raw.attrs, args.ports)
+        engine = self.stack.runtime.engine
+        if engine.attached:  # pytest on the stack network: the container's own ports
+            host, ports = name, {p: p for p in args.ports}
+        else:
+            host, ports = engine.host, _published_ports(raw.attrs, args.ports)
         missing = [p for p in args.ports if p not in ports]
         if missing:
             raise ServiceError(
                 service,
-                f"container {name}: Docker reports no host port on {LOOPBACK} for container "
+                f"container {name}: Docker reports no host port on {engine.bind} for container "
                 f"port(s) {', '.join(map(str, missing))}",
             )
         container = ServiceContainer(
             name=name,
             image=args.image,
             container_id=str(raw.id),
-            host=LOOPBACK,
+            host=host,
             ports={p: ports[p] for p in args.ports},
             internal_host=name,
             env=dict(env),
@@ -949,15 +954,15 @@ def _check(wait: Wait, container: ServiceContainer, raw: Container, timeout: flo
         port = next(iter(container.ports))
     host_port = container.ports[port]
     if wait.kind == "port":
-        return _tcp_check(host_port, timeout)
-    return _http_check(host_port, wait.path, wait.status, timeout)
+        return _tcp_check(container.host, host_port, timeout)
+    return _http_check(container.host, host_port, wait.path, wait.status, timeout)
 
 
-def _tcp_check(port: int, timeout: float) -> str:
+def _tcp_check(host: str, port: int, timeout: float) -> str:
     """A connection that is accepted and not closed at once. Docker's port proxy accepts every
     connection and closes it when nothing listens in the container: that counts as not ready."""
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(min(timeout, 0.2))
             try:
                 data = sock.recv(1)
@@ -965,15 +970,15 @@ def _tcp_check(port: int, timeout: float) -> str:
                 return ""  # connected; the server waits for the client to speak
             if data:
                 return ""
-            return f"{LOOPBACK}:{port} accepted the connection and closed it (nothing listens yet)"
+            return f"{host}:{port} accepted the connection and closed it (nothing listens yet)"
     except OSError as exc:
-        return f"{LOOPBACK}:{port}: {type(exc).__name__}: {exc.strerror or exc}"
+        return f"{host}:{port}: {type(exc).__name__}: {exc.strerror or exc}"
 
 
-def _http_check(port: int, path: str, status: int | None, timeout: float) -> str:
+def _http_check(host: str, port: int, path: str, status: int | None, timeout: float) -> str:
     import http.client
 
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path, headers={"Connection": "close"})
         response = conn.getresponse()

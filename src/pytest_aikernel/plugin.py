@@ -77,11 +77,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     lines = []
     try:
-        from .runtime.docker import docker_client
+        from .runtime.docker import docker_client, engine_of
 
         client = docker_client(timeout=5)
         try:
             version = client.version()
+            engine = engine_of(client, settings.bind_address, settings.source_of("bind_address"))
         finally:
             client.close()
         lines.append(
@@ -89,6 +90,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"(API {version.get('ApiVersion', '?')}, {version.get('Os', '?')}/"
             f"{version.get('Arch', '?')})"
         )
+        if settings.mode != "external":
+            lines.append(f"aikernel: {engine.describe()}")
+            if engine.exposed and not engine.attached:
+                opt = OPTIONS_BY_FIELD["bind_address"]
+                lines.append(
+                    f"aikernel: WARNING: the stack's ports are published on {engine.bind} "
+                    f"({opt.cli}, {engine.bind_source}): open to that host's network, not only "
+                    "to this machine. Its passwords and tokens are random per stack."
+                )
     except DockerUnavailable as exc:
         lines.append(f"aikernel: {exc}")
     else:

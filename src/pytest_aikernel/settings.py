@@ -80,6 +80,17 @@ OPTIONS: tuple[Option, ...] = (
         default="120",
     ),
     Option(
+        field="bind_address",
+        cli="--aikernel-bind-address",
+        ini="aikernel_bind_address",
+        env="AIKERNEL_BIND_ADDRESS",
+        metavar="ADDRESS",
+        help="the address the stack's ports are published on, on the engine's host (default: "
+        "127.0.0.1 on a local engine, the engine's address on a remote one); anything but "
+        "loopback opens the ports to that host's network",
+        default="auto",
+    ),
+    Option(
         field="fault_wait",
         cli="--aikernel-fault-wait",
         ini="aikernel_fault_wait",
@@ -273,6 +284,9 @@ class Settings:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     #: seconds a test waits for a service another process's test has faulted
     fault_wait: float = 300.0
+    #: where published ports listen on the engine's host (None: loopback locally, the engine's
+    #: address for a remote engine)
+    bind_address: str | None = None
     docker_missing: DockerMissing = "skip"
     postgres_init: tuple[InitFile, ...] = ()
     vault_seed: Path | None = None
@@ -451,6 +465,14 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         timeout = _parse_positive_float(_as_str(value), src)
         sources["startup_timeout"] = src
 
+    value, src, _ = pick("bind_address")
+    bind_address: str | None = None
+    if value is not None:
+        text = _as_str(value).strip()
+        if text and text.lower() != "auto":
+            bind_address = _parse_address(text, src)
+            sources["bind_address"] = src
+
     value, src, _ = pick("fault_wait")
     fault_wait = 300.0
     if value is not None:
@@ -544,6 +566,7 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         images=images,
         startup_timeout=timeout,
         fault_wait=fault_wait,
+        bind_address=bind_address,
         docker_missing=docker_missing,
         postgres_init=init_files,
         vault_seed=vault_seed,
@@ -724,6 +747,19 @@ def _parse_image_lines(
             )
         out.append((service, image))
     return out
+
+
+def _parse_address(text: str, src: str) -> str:
+    """An IP address to bind published ports to (IPv4 or IPv6, without brackets)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise ConfigError(
+            f"{src}: {text!r} is not an IP address (e.g. 127.0.0.1, 0.0.0.0, 10.0.0.5 or ::1); "
+            "use auto for the default"
+        ) from None
 
 
 def _parse_positive_float(text: str, src: str) -> float:

@@ -96,7 +96,12 @@ class Stack:
         self.hooks = hooks or StackHooks()
         self.session_id = session_id or new_session_id()
         self.runtime = runtime or DockerRuntime(
-            self.session_id, owner=owner, extra_labels=extra_labels, network=network
+            self.session_id,
+            owner=owner,
+            extra_labels=extra_labels,
+            network=network,
+            bind=settings.bind_address,
+            bind_source=settings.source_of("bind_address"),
         )
         #: who holds this stack: decides how it grows and what stop() removes
         self.lease: Lease = lease or PlainLease()
@@ -114,6 +119,7 @@ class Stack:
             services=frozenset(),
             describe=self._describe,
             put_file=self._put_file,
+            published=self._published,
         )
         self._ready: dict[str, threading.Event] = {}
         self._closed = False
@@ -122,6 +128,9 @@ class Stack:
         #: time.monotonic() at which each service became ready (probe passed)
         self.ready_at: dict[str, float] = {}
         self._scopes = 0
+        #: random per process: per-test names are unique across processes, runs and machines
+        #: sharing one stack (the counter makes them unique within the process)
+        self._run_token = secrets.token_hex(4)
         self._isolation_state: dict[str, dict[str, Any]] = {}
         self._faults: FaultBook | None = None
         atexit.register(self.stop)
@@ -162,8 +171,8 @@ class Stack:
         """The scope of one test for a per-test fixture of ``service``.
 
         ``stem`` is the test's name, shared by every per-test fixture of one test (the plugin
-        keeps it on the test item); without it a new one is made: ``aik_<worker>_<n>_<6 hex>``,
-        unique per run, worker and test. Its ``state`` is shared by all per-test fixtures of
+        keeps it on the test item); without it a new one is made: ``aik_<worker>_<n>_<8 hex>``,
+        where the hex part is random per process: unique per test, process, run and machine. Its ``state`` is shared by all per-test fixtures of
         ``service`` in this process.
         """
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -174,7 +183,7 @@ class Stack:
                 count = self._scopes
             # a worker id is "gw<n>"; anything else is reduced to what a database name takes
             tag = "".join(ch for ch in worker.lower() if ch.isascii() and ch.isalnum()) or "w"
-            stem = f"aik_{tag}_{count}_{secrets.token_hex(3)}"
+            stem = f"aik_{tag}_{count}_{self._run_token}"
         state = self._isolation_state.setdefault(service, {})
         return TestScope(name=stem, worker=worker, worker_index=int(digits or 0), state=state)
 
@@ -435,6 +444,14 @@ class Stack:
             shown = "\n".join(f"  | {line}" for line in logs.splitlines()) or "  | (no output)"
             text += f"\nLast {LOG_TAIL} log lines of {name} ({running.container_id[:12]}):\n{shown}"
         return kind(name, self.secrets.mask(text))
+
+    def _published(self) -> tuple[str, int] | None:
+        """(host address, a free host port) for a service that must advertise its host side
+        (Kafka); None in attached mode, where the test process uses the service's alias."""
+        engine = self.runtime.engine
+        if engine.attached:
+            return None
+        return engine.host, self.runtime.free_port()
 
     def _put_file(self, service: str, path: str, content: bytes) -> bool:
         if self.external:

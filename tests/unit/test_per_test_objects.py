@@ -25,7 +25,7 @@ from pytest_aikernel.services import names
 from pytest_aikernel.settings import RawSources, resolve
 from pytest_aikernel.stack import Stack
 
-STEM = re.compile(r"^aik_[a-z0-9]+_[0-9]+_[0-9a-f]{6}$")
+STEM = re.compile(r"^aik_[a-z0-9]+_[0-9]+_[0-9a-f]{8}$")
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
 
+    from .engine import Engine
+
 LABEL_SERVICE = "pytest-aikernel.service"
 LABEL_SESSION = "pytest-aikernel.session"
 LABEL_OWNER = "pytest-aikernel.owner"
@@ -144,7 +146,8 @@ def _reachable(host: str, timeout: float) -> str:
     """ "" when something listens at the engine address, else why not (no client is created).
 
     docker-py leaks a socket when its version negotiation fails, so an absent engine is detected
-    here first, with a plain socket that is always closed.
+    here first, with a plain socket that is always closed. ``ssh://`` engines are not checked
+    here (the ssh client connects).
     """
     from urllib.parse import urlparse
 
@@ -164,27 +167,39 @@ def _reachable(host: str, timeout: float) -> str:
 
 
 def docker_client(timeout: float = 60.0) -> docker.DockerClient:
-    """A client from the environment (DOCKER_HOST or the default socket); DockerUnavailable."""
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    """A client of the engine the Docker CLI would use (DOCKER_HOST, the current docker context,
+    the default socket); DockerUnavailable when none answers."""
+    from .engine import endpoint
+
+    host, source = endpoint()
     problem = _reachable(host, min(timeout, 5.0))
+    hint = (
+        "Start Docker (dockerd, Docker Desktop, colima, podman's docker socket) or point "
+        "DOCKER_HOST at a running engine."
+    )
     if problem:
         raise DockerUnavailable(
-            f"no Docker engine answered at {host} ({problem}). Start Docker (dockerd, Docker "
-            "Desktop, colima, podman's docker socket) or point DOCKER_HOST at a running engine."
+            f"no Docker engine answered at {host} ({source}; {problem}). {hint}"
         )
     import docker
 
     client = None
     try:
-        client = docker.from_env(timeout=int(max(timeout, 1)), max_pool_size=32)
+        kwargs: dict[str, Any] = {"timeout": int(max(timeout, 1)), "max_pool_size": 32}
+        if host.startswith("ssh://"):
+            kwargs["use_ssh_client"] = True
+        if source == "DOCKER_HOST":
+            # from_env also reads DOCKER_TLS_VERIFY and DOCKER_CERT_PATH
+            client = docker.from_env(**kwargs)
+        else:
+            client = docker.DockerClient(base_url=host, **kwargs)
         client.ping()
     except Exception as exc:  # docker raises DockerException, requests errors, OSError...
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
         raise DockerUnavailable(
-            f"no Docker engine answered at {host} ({_short(exc)}). Start Docker (dockerd, Docker "
-            "Desktop, colima, podman's docker socket) or point DOCKER_HOST at a running engine."
+            f"no Docker engine answered at {host} ({source}; {_short(exc)}). {hint}"
         ) from None
     return client
 
@@ -211,8 +226,13 @@ class DockerRuntime:
         owner: Owner | None = None,
         extra_labels: Mapping[str, str] | None = None,
         network: str | None = None,
+        *,
+        bind: str | None = None,
+        bind_source: str = "default",
     ) -> None:
         self.session_id = session_id
+        self._bind = (bind, bind_source)
+        self._engine: Engine | None = None
         self.owner = owner or Owner.current()
         self.extra_labels = dict(extra_labels or {})
         self.network_name = network or f"aikernel-{session_id}"
@@ -230,6 +250,28 @@ class DockerRuntime:
             if self._client is None:
                 self._client = docker_client()
             return self._client
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, the address of its published ports and the bind address (found once;
+        attached mode is checked with the engine)."""
+        if self._engine is None:
+            found = engine_of(self.client, *self._bind)
+            with self._lock:
+                self._engine = found
+        return self._engine
+
+    def free_port(self) -> int:
+        """A host port to publish on: free on this machine for a local engine; a random one for
+        a remote engine, whose ports cannot be checked from here (a taken one is chosen again)."""
+        engine = self.engine
+        if engine.local:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((engine.bind, 0))
+                return int(sock.getsockname()[1])
+        import random
+
+        return random.randint(33000, 60000)
 
     def engine_version(self) -> str:
         return str(self.client.version().get("Version", "unknown"))
@@ -265,14 +307,32 @@ class DockerRuntime:
                     raise DockerUnavailable(
                         f"could not create the network {self.network_name}: {_short(exc)}"
                     ) from None
+        self._attach_self()
         with self._lock:
             self._network_ready = True
+
+    def _attach_self(self) -> None:
+        """Attached mode: put this process's container on the stack network (idempotent)."""
+        engine = self.engine
+        if not engine.attached:
+            return
+        import docker.errors
+
+        try:
+            self.client.api.connect_container_to_network(engine.container, self.network_name)
+        except docker.errors.APIError as exc:
+            if "already exists" not in str(exc) and "already attached" not in str(exc):
+                raise DockerUnavailable(
+                    f"could not put this container ({engine.container[:12]}) on the stack "
+                    f"network {self.network_name}: {_short(exc)}"
+                ) from None
 
     def use_network(self, name: str) -> None:
         """Start further containers on an existing network (a stack attached to, not owned)."""
         with self._lock:
             self.network_name = name
             self._network_ready = True
+        self._attach_self()
 
     def adopt(self, service: str, container_id: str) -> None:
         """Know ``service`` as the container ``container_id`` that another process started."""
@@ -336,7 +396,7 @@ class DockerRuntime:
         """
         fixed = {**dict(host_ports or {}), **spec.host_ports}
         for attempt in range(3):
-            chosen = {port: fixed.get(port) or free_loopback_port() for port in spec.ports}
+            chosen = {port: fixed.get(port) or self.free_port() for port in spec.ports}
             try:
                 return self._start(service, spec, labels, chosen)
             except ServiceError as exc:
@@ -360,7 +420,10 @@ class DockerRuntime:
 
         self.create_network()
         client = self.client
-        bindings: dict[str, Any] = {f"{port}/tcp": (LOOPBACK, chosen[port]) for port in spec.ports}
+        engine = self.engine
+        bindings: dict[str, Any] = {
+            f"{port}/tcp": (engine.bind, chosen[port]) for port in spec.ports
+        }
         kwargs: dict[str, Any] = {
             "name": self.container_name(service),
             "labels": {**self.labels(service), **(labels or {})},
@@ -396,12 +459,16 @@ class DockerRuntime:
                 service,
                 f"{service}: could not start a container from {spec.image!r}: {_short(exc)}.",
             ) from None
-        ports = _published_ports(raw.attrs, spec.ports)
+        if engine.attached:
+            # pytest runs in a container on the stack network: the service's own ports
+            host, ports = service, {port: port for port in spec.ports}
+        else:
+            host, ports = engine.host, _published_ports(raw.attrs, spec.ports)
         return Running(
             service=service,
             image=spec.image,
             container_id=str(raw.id),
-            host=LOOPBACK,
+            host=host,
             ports=ports,
             internal_host=service,
             started_at=started,
@@ -701,7 +768,7 @@ def _published_ports(attrs: dict[str, Any], wanted: Iterable[int]) -> dict[int, 
     for port in wanted:
         entries = bindings.get(f"{port}/tcp") or []
         for entry in entries:
-            if entry.get("HostIp") in (LOOPBACK, "", "0.0.0.0") and entry.get("HostPort"):
+            if entry.get("HostPort"):
                 ports[port] = int(entry["HostPort"])
                 break
     return ports
@@ -710,6 +777,53 @@ def _published_ports(attrs: dict[str, Any], wanted: Iterable[int]) -> dict[int, 
 def _exposed(attrs: dict[str, Any]) -> list[int]:
     bindings = attrs.get("HostConfig", {}).get("PortBindings") or {}
     return [int(key.split("/")[0]) for key in bindings if key.endswith("/tcp")]
+
+
+def _remove_network(network: Any) -> None:
+    """Remove a stack network; containers that are not the stack's (a pytest container in
+    attached mode, a user's) are disconnected from it first."""
+    with contextlib.suppress(Exception):
+        network.reload()
+        for container_id in network.attrs.get("Containers") or {}:
+            with contextlib.suppress(Exception):
+                network.disconnect(container_id, force=True)
+    with contextlib.suppress(Exception):
+        network.remove()
+
+
+def engine_of(
+    client: docker.DockerClient, bind: str | None = None, bind_source: str = "default"
+) -> Engine:
+    """The engine of the environment (``client`` is its client), attached mode checked."""
+    import dataclasses
+
+    from .engine import find
+
+    found = find(bind, bind_source)
+    if found.local:
+        own = _own_container(client)
+        if own:
+            found = dataclasses.replace(found, container=own, host_source="stack network")
+    return found
+
+
+def _own_container(client: docker.DockerClient) -> str:
+    """The id of the container this process runs in, when it is a container of ``client``'s
+    engine without host networking ("" otherwise)."""
+    from .engine import own_container_candidates
+
+    if not os.path.exists("/.dockerenv") and not os.environ.get("AIKERNEL_IN_CONTAINER"):
+        return ""
+    for candidate in own_container_candidates():
+        try:
+            raw = client.containers.get(candidate)
+        except Exception:
+            continue
+        if raw.attrs.get("HostConfig", {}).get("NetworkMode") == "host":
+            return ""
+        if raw.attrs.get("Config", {}).get("Hostname") == socket.gethostname():
+            return str(raw.id)
+    return ""
 
 
 def remove_service(
@@ -740,8 +854,7 @@ def remove_by_labels(client: docker.DockerClient, labels: dict[str, str]) -> int
             container.remove(force=True, v=True)
             removed += 1
     for network in client.networks.list(filters=filters):
-        with contextlib.suppress(Exception):
-            network.remove()
+        _remove_network(network)
     with contextlib.suppress(Exception):
         for volume in client.volumes.list(filters=filters):
             with contextlib.suppress(Exception):

@@ -32,7 +32,7 @@ T = TypeVar("T")
 class TestScope:
     """What a per-test fixture knows about the test it isolates."""
 
-    #: the test's name (``aik_<worker>_<n>_<6 hex>``), shared by every per-test fixture of one
+    #: the test's name (``aik_<worker>_<n>_<8 hex>``), shared by every per-test fixture of one
     #: test and unique per run, worker and test; lower-case letters, digits and '_' (a valid
     #: database, topic, index and path name). Per-test objects show it as ``scope_name``.
     name: str
@@ -151,6 +151,10 @@ class StackContext:
     #: (service, path, content): write a file into a running service's container; filled by
     #: the stack (False where nothing can be written: external mode, attached stacks)
     put_file: Callable[[str, str, bytes], bool] = lambda _s, _p, _c: False
+    #: () -> (the address of published ports from the test process, a free host port to
+    #: publish on), or None when the test process reaches services by their network alias
+    #: (pytest in a container on the stack network); filled by the stack
+    published: Callable[[], tuple[str, int] | None] = lambda: ("127.0.0.1", 0)
 
     def image(self, service: str) -> str:
         from . import image_for

@@ -387,6 +387,10 @@ class Zookeeper(Service):
         return endpoint_entry(running, ZK_PORT)
 
 
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 class Kafka(Service):
     not_proxied = (
         "clients connect to the addresses the broker advertises (its listeners), not to a "
@@ -430,7 +434,16 @@ class Kafka(Service):
     """
 
     def container(self, ctx: StackContext) -> ContainerSpec:
-        host_port = free_loopback_port()
+        # the HOST listener advertises what the test process connects to: the published port
+        # on the engine's host address, or (pytest on the stack network) the alias
+        published = ctx.published()
+        if published is None:
+            advertised, host_ports = f"{self.name}:{HOST_PORT}", {}
+        else:
+            host, port = published
+            if port == 0:
+                port = free_loopback_port()
+            advertised, host_ports = f"{_bracket(host)}:{port}", {HOST_PORT: port}
         zookeeper = ctx.running["zookeeper"]
         return ContainerSpec(
             image=ctx.image(self.name),
@@ -439,7 +452,7 @@ class Kafka(Service):
                 "KAFKA_ZOOKEEPER_CONNECT": f"{zookeeper.internal_host}:{ZK_PORT}",
                 "KAFKA_LISTENERS": f"INTERNAL://0.0.0.0:{INTERNAL_PORT},HOST://0.0.0.0:{HOST_PORT}",
                 "KAFKA_ADVERTISED_LISTENERS": (
-                    f"INTERNAL://{self.name}:{INTERNAL_PORT},HOST://127.0.0.1:{host_port}"
+                    f"INTERNAL://{self.name}:{INTERNAL_PORT},HOST://{advertised}"
                 ),
                 "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "INTERNAL:PLAINTEXT,HOST:PLAINTEXT",
                 "KAFKA_INTER_BROKER_LISTENER_NAME": "INTERNAL",
@@ -452,7 +465,7 @@ class Kafka(Service):
                 "KAFKA_OPTS": FAST_JVM,
             },
             ports=(HOST_PORT,),
-            host_ports={HOST_PORT: host_port},
+            host_ports=host_ports,
         )
 
     def _admin(self, running: Running) -> confluent_kafka.admin.AdminClient:
