@@ -56,6 +56,7 @@ from .runtime.docker import (
     remove_service,
     sweep_dead_sessions,
 )
+from .services.base import SeedLedger
 from .settings import Settings
 from .shared import clear_state, locked, read_state, write_state
 from .stack import Stack, StackEvent, StackHooks
@@ -182,19 +183,56 @@ class ExternalLease(Lease):
 
     def grow(self, stack: Stack, names: Iterable[str]) -> None:
         names = list(names)
-        if self.folder is None or not stack.settings.seed_external:
+        if not stack.settings.seed_external:
             _start(stack, names)
             return
-        with locked(self.folder):
-            state = read_state(self.folder) or {}
-            seeded = set(state.get("seeded", []))
+        with contextlib.ExitStack() as held:
+            if self.folder is not None:  # the workers of this run
+                held.enter_context(locked(self.folder))
+            # every runner on every machine: a lock in the stack itself
+            ledger = _seed_ledger(stack, names, held)
+            keys = service_keys(stack.settings, registry_mod.closure(names))
+            if ledger is not None:
+                done = ledger.seeded()
+                seeded = {n for n, key in done.items() if keys.get(n) == key}
+            elif self.folder is not None:
+                seeded = set((read_state(self.folder) or {}).get("seeded", []))
+            else:
+                seeded = set()
             stack.seeded_elsewhere = frozenset(seeded)
             _start(stack, names)
-            state["seeded"] = sorted(seeded | set(stack.services))
-            write_state(self.folder, state)
+            fresh = {n: keys[n] for n in stack.services if n in keys and n not in seeded}
+            if ledger is not None:
+                ledger.mark(fresh)
+            if self.folder is not None:
+                state = read_state(self.folder) or {}
+                state["seeded"] = sorted(seeded | set(fresh) | set(state.get("seeded", [])))
+                write_state(self.folder, state)
 
     def release(self, stack: Stack) -> None:
         stack.runtime.detach()
+
+
+def _seed_ledger(
+    stack: Stack, names: Iterable[str], held: contextlib.ExitStack
+) -> SeedLedger | None:
+    """The seed lock of an external stack, held in its first service that can hold one
+    (PostgreSQL: an advisory lock; Redis: a key), taken on ``held``; None when none can."""
+    reg = registry_mod.registry()
+    for name in registry_mod.start_order(registry_mod.closure(names)):
+        target = None
+        try:
+            target = reg[name].external(os.environ)
+        except AikernelError:
+            continue
+        lock = reg[name].seed_ledger(target)
+        if lock is None:
+            continue
+        try:
+            return held.enter_context(lock)
+        except AikernelError as exc:
+            raise StartFailed(f"pytest-aikernel: {exc}") from None
+    return None
 
 
 class XdistLease(Lease):

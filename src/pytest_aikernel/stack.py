@@ -172,8 +172,8 @@ class Stack:
 
         ``stem`` is the test's name, shared by every per-test fixture of one test (the plugin
         keeps it on the test item); without it a new one is made: ``aik_<worker>_<n>_<8 hex>``,
-        where the hex part is random per process: unique per test, process, run and machine. Its ``state`` is shared by all per-test fixtures of
-        ``service`` in this process.
+        where the hex part is random per process: unique per test, process, run and machine.
+        Its ``state`` is shared by all per-test fixtures of ``service`` in this process.
         """
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         digits = "".join(ch for ch in worker if ch.isdigit())

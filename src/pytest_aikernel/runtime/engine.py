@@ -120,6 +120,15 @@ def _is_local(url: str) -> bool:
     return scheme in ("unix", "http+unix", "npipe", "")
 
 
+def _is_specific(address: str) -> bool:
+    """Not loopback and not "every address" (0.0.0.0, ::)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return not (ip.is_loopback or ip.is_unspecified)
+
+
 def _resolve(name: str) -> str:
     """An IP address for ``name`` ("" if it does not resolve)."""
     if name == "localhost":
@@ -153,6 +162,9 @@ def find(
             break
     if override:
         host = override
+    elif bind and _is_specific(bind):
+        # ports published on one address of the engine's host: that is where they are
+        host, host_source = bind, "bind address"
     elif local:
         host = LOOPBACK
     else:

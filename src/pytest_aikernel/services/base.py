@@ -100,6 +100,16 @@ class Isolation:
     world_env: Callable[[Any, bool], Mapping[str, str]] | None = None
 
 
+class SeedLedger(ABC):
+    """What a seed lock in the stack knows: service -> the key it was seeded with."""
+
+    @abstractmethod
+    def seeded(self) -> dict[str, str]: ...
+
+    @abstractmethod
+    def mark(self, keys: Mapping[str, str]) -> None: ...
+
+
 @dataclass(frozen=True)
 class Route:
     """Where a proxy of one service port listens: host side and in-network address."""
@@ -232,6 +242,12 @@ class Service(ABC):
         url = external_url(env, self.external_env, self.external_default)
         port = url.port or self.ports[0]
         return ExternalTarget(host=str(url.hostname), ports={self.ports[0]: port})
+
+    def seed_ledger(self, target: ExternalTarget) -> AbstractContextManager[SeedLedger] | None:
+        """External mode with many runners: a lock held in this running server, and the record
+        of which services were seeded with which key, for seeding the stack once (None: this
+        service cannot hold one). The lock must end with the holder's connection."""
+        return None
 
     def external_exports(self, obj: Any) -> dict[str, str]:
         """Env vars that point external mode at this service's public object ``obj``."""

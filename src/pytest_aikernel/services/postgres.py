@@ -34,6 +34,7 @@ from .base import (
     ExternalTarget,
     Isolation,
     MaskedRepr,
+    SeedLedger,
     Service,
     StackContext,
     TestScope,
@@ -582,6 +583,28 @@ def _external_postgres(env: Mapping[str, str], name: str, default: str) -> Exter
     )
 
 
+#: pg_advisory_lock key of the external seed lock ("aikernel" in ASCII, as a bigint)
+SEED_LOCK = 0x61696B65726E656C
+SEED_TABLE = "aikernel_seeded"
+
+
+class _PostgresLedger(SeedLedger):
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def seeded(self) -> dict[str, str]:
+        rows = self._conn.execute(f"SELECT service, key FROM {SEED_TABLE}").fetchall()
+        return {str(service): str(key) for service, key in rows}
+
+    def mark(self, keys: Mapping[str, str]) -> None:
+        for service, key in keys.items():
+            self._conn.execute(
+                f"INSERT INTO {SEED_TABLE} (service, key) VALUES (%s, %s) ON CONFLICT (service) "
+                "DO UPDATE SET key = EXCLUDED.key, at = now()",
+                (service, key),
+            )
+
+
 class Postgres(Service):
     name = "postgres"
     shaped_by = ("postgres_init",)
@@ -641,6 +664,41 @@ class Postgres(Service):
 
     def external_exports(self, obj: Any) -> dict[str, str]:
         return {self.external_env: obj.dsn()}
+
+    @contextlib.contextmanager
+    def seed_ledger(self, target: ExternalTarget) -> Iterator[SeedLedger]:
+        """A session-level advisory lock in database ``postgres`` (released by the server when
+        the holder's connection ends, also when its process dies) and the table
+        ``aikernel_seeded`` there."""
+        import psycopg
+
+        try:
+            conn = psycopg.connect(
+                host=target.host,
+                port=target.ports[PORT],
+                user=USER,
+                password=target.secrets.get("postgres.password", ""),
+                dbname="postgres",
+                autocommit=True,
+                connect_timeout=10,
+            )
+        except psycopg.Error as exc:
+            raise ServiceError(
+                self.name,
+                f"postgres: cannot take the seed lock at {target.host}:{target.ports[PORT]} "
+                f"(env {self.external_env}): {str(exc).strip()}",
+            ) from None
+        with conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (SEED_LOCK,))
+            try:
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {SEED_TABLE} (service text PRIMARY KEY, "
+                    "key text NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+                )
+                yield _PostgresLedger(conn)
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (SEED_LOCK,))
 
     def container(self, ctx: StackContext) -> ContainerSpec:
         return ContainerSpec(

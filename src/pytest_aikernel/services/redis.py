@@ -6,6 +6,8 @@ turns protected mode off and binds every interface), persistence off.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from .base import (
     ExternalTarget,
     Isolation,
     MaskedRepr,
+    SeedLedger,
     Service,
     StackContext,
     TestScope,
@@ -286,6 +289,24 @@ def _external_redis(env: Mapping[str, str], name: str, default: str) -> External
     )
 
 
+#: the external seed lock and its record, in database 0
+SEED_LOCK_KEY = "aikernel:seed-lock"
+SEED_HASH_KEY = "aikernel:seeded"
+
+
+class _RedisLedger(SeedLedger):
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def seeded(self) -> dict[str, str]:
+        raw = self._client.hgetall(SEED_HASH_KEY)
+        return {str(_text(k)): str(_text(v)) for k, v in raw.items()}
+
+    def mark(self, keys: Mapping[str, str]) -> None:
+        if keys:
+            self._client.hset(SEED_HASH_KEY, mapping=dict(keys.items()))
+
+
 class Redis(Service):
     name = "redis"
     default_image = "redis:7"
@@ -319,6 +340,53 @@ class Redis(Service):
 
     def external(self, env: Mapping[str, str]) -> ExternalTarget:
         return _external_redis(env, self.external_env, self.external_default)
+
+    @contextlib.contextmanager
+    def seed_ledger(self, target: ExternalTarget) -> Iterator[SeedLedger]:
+        """``SET NX`` of a lock key with a 30 s expiry, renewed while seeding runs (a holder that
+        dies lets it expire), and the hash ``aikernel:seeded``, in database 0."""
+        import secrets as secrets_mod
+        import threading
+
+        import redis
+
+        client = redis.Redis(
+            host=target.host,
+            port=target.ports[PORT],
+            password=target.secrets.get("redis.password") or None,
+            socket_timeout=10,
+            socket_connect_timeout=10,
+        )
+        token = secrets_mod.token_hex(8)
+        try:
+            while not client.set(SEED_LOCK_KEY, token, nx=True, ex=30):
+                time.sleep(0.1)
+        except redis.RedisError as exc:
+            client.close()
+            raise ServiceError(
+                self.name,
+                f"redis: cannot take the seed lock at {target.host}:{target.ports[PORT]} (env "
+                f"{self.external_env}): {type(exc).__name__}: {exc}",
+            ) from None
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(10):
+                with contextlib.suppress(redis.RedisError):
+                    if _text(client.get(SEED_LOCK_KEY)) == token:
+                        client.expire(SEED_LOCK_KEY, 30)
+
+        keeper = threading.Thread(target=renew, name="aikernel-seed-lock", daemon=True)
+        keeper.start()
+        try:
+            yield _RedisLedger(client)
+        finally:
+            done.set()
+            keeper.join(timeout=5)
+            with contextlib.suppress(redis.RedisError):
+                if _text(client.get(SEED_LOCK_KEY)) == token:
+                    client.delete(SEED_LOCK_KEY)
+            client.close()
 
     def container(self, ctx: StackContext) -> ContainerSpec:
         return ContainerSpec(
