@@ -39,6 +39,11 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
             group.add_argument(
                 opt.cli, dest=opt.field, action="append", metavar=opt.metavar, help=opt.help
             )
+        elif opt.field == "bind_address":
+            # `aikernel up --bind-address ADDR`: serve runners on other machines
+            group.add_argument(
+                opt.cli, "--bind-address", dest=opt.field, metavar=opt.metavar, help=opt.help
+            )
         else:
             group.add_argument(opt.cli, dest=opt.field, metavar=opt.metavar, help=opt.help)
 
@@ -171,6 +176,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         "removes it",
         file=sys.stderr,
     )
+    engine = stack.runtime.engine
+    if engine.exposed and not engine.attached:
+        print(
+            f"aikernel: ports published on {engine.bind}: open to that host's network. "
+            + (
+                f"Runners on other machines use the exports below ({engine.host})."
+                if engine.host not in ("127.0.0.1", "::1")
+                else "The exports name 127.0.0.1: on other machines, put this machine's "
+                "address in its place (or pass --bind-address with that address)."
+            ),
+            file=sys.stderr,
+        )
     exports = {"AIKERNEL_MODE": "external"}
     for name in stack:
         exports.update(registry_mod.registry()[name].external_exports(stack[name]))

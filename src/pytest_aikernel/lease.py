@@ -403,6 +403,8 @@ def service_keys(settings: Settings, names: Iterable[str]) -> dict[str, str]:
             "settings": {f: _fingerprint(getattr(settings, f)) for f in sorted(svc.shaped_by)},
             "depends": {d: keys[d] for d in sorted(svc.depends_on)},
         }
+        if settings.bind_address is not None:  # where its ports are published
+            blob["bind"] = settings.bind_address
         text = json.dumps(blob, sort_keys=True, default=str)
         keys[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return keys
