@@ -498,3 +498,15 @@ def test_configuration_reference_names_every_option() -> None:
     for opt in OPTIONS:
         for name in (opt.cli, opt.ini, opt.env):
             assert name in text, f"docs/configuration.md does not mention {name}"
+
+
+def test_bind_address_is_an_ip_address(tmp_path: Path) -> None:
+    s = resolve(raw(tmp_path, env={"AIKERNEL_BIND_ADDRESS": "10.0.0.5"}), KNOWN)
+    assert (s.bind_address, s.source_of("bind_address")) == (
+        "10.0.0.5",
+        "env AIKERNEL_BIND_ADDRESS",
+    )
+    assert resolve(raw(tmp_path, cli={"bind_address": "auto"}), KNOWN).bind_address is None
+    assert resolve(raw(tmp_path, cli={"bind_address": "[::1]"}), KNOWN).bind_address == "::1"
+    with pytest.raises(ConfigError, match=r"--aikernel-bind-address.*'my-host' is not an IP"):
+        resolve(raw(tmp_path, cli={"bind_address": "my-host"}), KNOWN)
