@@ -307,6 +307,9 @@ class TopicFactory:
         self.topics.append(topic)
         return topic
 
+    #: ``topics.make(...)`` is ``topics(...)``, as the docs write it
+    make = __call__
+
 
 @contextmanager
 def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[TopicFactory]:

@@ -489,6 +489,9 @@ class CloneFactory:
         self._calls += 1  # a failed call uses up its k: its clone may not be dropped yet
         return self._clone(dbname, f"{self.scope_name}_{self._calls}", load, kwargs)
 
+    #: ``factory.make(...)`` is ``factory(...)``, as the docs write it
+    make = __call__
+
     @property
     def databases(self) -> list[str]:
         """The names of the clones made so far, in order."""
