@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import FaultError, FaultWaitTimeout, ServiceError
+from .errors import ContainerExited, FaultError, FaultWaitTimeout, ServiceError
 
 if TYPE_CHECKING:
     from .stack import Stack
@@ -187,11 +187,31 @@ class FaultLocks:
             self.held[service] = kind
             return True
 
+    def _wanted_elsewhere(self, service: str) -> bool:
+        """Whether a live process (not this one) waits to take ``service`` for a fault."""
+        for path in self.folder.glob(f"{service}.want.*"):
+            pid = path.name.rsplit(".", 1)[-1]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            except PermissionError:
+                pass
+            return True
+        return False
+
     def share(self, services: Iterable[str], wait: float, test: str) -> None:
         deadline = time.monotonic() + wait
         for service in sorted(services):
             if self.held.get(service) in ("sh", "ex"):
                 continue
+            # a fault that waits goes first: new tests do not keep it out for ever
+            while self._wanted_elsewhere(service) and time.monotonic() < deadline:
+                time.sleep(0.02)
             if not self._take(service, "sh", deadline):
                 raise FaultWaitTimeout(
                     f"{test}: waited {wait:g} s for {service}, which {self.holder(service)} "
@@ -202,7 +222,14 @@ class FaultLocks:
     def exclusive(self, service: str, wait: float, test: str) -> None:
         if self.held.get(service) == "ex":
             return
-        if not self._take(service, "ex", time.monotonic() + wait):
+        want = self.folder / f"{service}.want.{os.getpid()}"
+        want.write_text(test)
+        try:
+            taken = self._take(service, "ex", time.monotonic() + wait)
+        finally:
+            with contextlib.suppress(OSError):
+                want.unlink()
+        if not taken:
             raise FaultWaitTimeout(
                 f"{test}: waited {wait:g} s to take {service} alone for a fault while tests in "
                 "other processes used it (or faulted another service this test needs). Raise "
@@ -317,6 +344,16 @@ class FaultBook:
                 except FaultError:
                     raise FaultError(self._broken(name)[0] or why) from None
 
+    def use(self, service: str) -> None:
+        """The running test asked for ``service`` itself (``request.getfixturevalue``): hold it
+        (and its dependencies) like the services it named, under xdist and reuse."""
+        from . import services as registry_mod
+
+        if self.locks is None or self.test == OUTSIDE:
+            return
+        needed = [n for n in registry_mod.closure([service]) if n in self.stack]
+        self.locks.share(needed, self.stack.settings.fault_wait, self.test)
+
     def _broken(self, name: str) -> tuple[str, str]:
         """(why ``name`` could not be healed, the test that broke it); ("", "") if healthy."""
         if name in self.broken:
@@ -333,7 +370,18 @@ class FaultBook:
         from . import services as registry_mod
 
         failures = []
-        for name in registry_mod.start_order(self.touched):
+        order = registry_mod.start_order(self.touched)
+        # every touched container back first (running, unpaused, connected, a replica again),
+        # then each settles with its dependents: a primary's replica may be faulted itself
+        for name in order:
+            try:
+                self._restore(name)
+            except Exception as exc:
+                self._fail(name, exc)
+                failures.append(self._broken(name)[0])
+        for name in order:
+            if name not in self.touched:
+                continue
             try:
                 self.heal_service(name)
             except FaultError as exc:
@@ -423,8 +471,23 @@ class FaultBook:
         if state.paused:
             stack.runtime.unpause(service)
         if not state.running:
+            self._start_until_ready(service)
+
+    def _start_until_ready(self, service: str) -> None:
+        """Start the container and wait for its probe; a container that exits again while it
+        starts is started again until the startup timeout (a killed Kafka broker exits while
+        ZooKeeper still holds its old session's registration)."""
+        stack = self.stack
+        deadline = time.monotonic() + stack.settings.startup_timeout
+        while True:
             stack.runtime.start_again(service)
-            self._ready(service, restarted=True)
+            try:
+                self._ready(service, restarted=True)
+                return
+            except ContainerExited:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
 
     def _ready(self, service: str, *, restarted: bool) -> None:
         """Wait for the probe of ``service`` (a new start), then what a restart needs."""
@@ -447,31 +510,40 @@ class FaultBook:
         """Undo whatever was done to ``service``: running, unpaused, connected, not promoted,
         ready; its dependents settled. Raises FaultError (and records it) on failure."""
         stack = self.stack
-        culprit = self.touched.get(service, OUTSIDE)
         try:
-            if not stack.external:
-                self._heal_container(service)
-            svc = stack._registry[service]
-            if svc.can_promote and not svc.unpromote(stack._ctx, stack.running(service)):
-                stack.rebuild(service)
+            self._restore(service)
             for name in [service, *stack.dependents(service)]:
                 stack.settle(name)
         except Exception as exc:
-            message = (
-                f"{service} is not healthy: {culprit} broke it and it could not be healed "
-                f"({type(exc).__name__}: {str(exc).strip()})"
-            )
-            self.broken[service] = (message, culprit)
-            if self.locks is not None:
-                self.locks.mark(service, "broken", {"message": message, "test": culprit})
-                self.locks.mark(service, "fault", None)
-            self.touched.pop(service, None)
-            raise FaultError(message) from None
+            self._fail(service, exc)
+            raise FaultError(self._broken(service)[0]) from None
         self.broken.pop(service, None)
         if self.locks is not None:
             self.locks.mark(service, "broken", None)
             self.locks.mark(service, "fault", None)
             self.locks.downgrade(service)
+        self.touched.pop(service, None)
+
+    def _restore(self, service: str) -> None:
+        """The container of ``service`` running, unpaused, connected, and a replica again."""
+        stack = self.stack
+        if not stack.external:
+            self._heal_container(service)
+        svc = stack._registry[service]
+        if svc.can_promote and not svc.unpromote(stack._ctx, stack.running(service)):
+            stack.rebuild(service)
+
+    def _fail(self, service: str, exc: BaseException) -> None:
+        """Record that ``service`` could not be healed, for this and every other process."""
+        culprit = self.touched.get(service, OUTSIDE)
+        message = (
+            f"{service} is not healthy: {culprit} broke it and it could not be healed "
+            f"({type(exc).__name__}: {str(exc).strip()})"
+        )
+        self.broken[service] = (message, culprit)
+        if self.locks is not None:
+            self.locks.mark(service, "broken", {"message": message, "test": culprit})
+            self.locks.mark(service, "fault", None)
         self.touched.pop(service, None)
 
     def _heal_container(self, service: str) -> None:
@@ -482,8 +554,7 @@ class FaultBook:
         if not state.connected:
             runtime.reconnect(service)
         if not state.running:
-            runtime.start_again(service)
-            self._ready(service, restarted=True)
+            self._start_until_ready(service)
 
 
 __all__ = ["FaultBook", "FaultLocks", "Faultable"]

@@ -552,7 +552,9 @@ class ReuseLease(Lease):
                     replace[name] = "its settings changed"
                 elif any(d in replace for d in registry_mod.registry()[name].depends_on):
                     replace[name] = "a service it depends on is replaced"
-                elif not stack.runtime.is_running(str(record["container_id"])):
+                elif not stack.runtime.is_running(
+                    str(record["container_id"])
+                ) and not self._started_again(stack, name, record):
                     replace[name] = "its container no longer runs"
                 elif not _answers(record):
                     replace[name] = "it no longer answers"
@@ -590,6 +592,28 @@ class ReuseLease(Lease):
                 # every service this process uses is held, also after a failed grow
                 for name in registry_mod.closure(names) & set(stack.services):
                     self.leases.take(name)
+
+    def _started_again(self, stack: Stack, name: str, record: Mapping[str, Any]) -> bool:
+        """A container that a fault stopped (its process died before healing it, and left the
+        marker) is started again, keeping its data; the next test's fault book heals the rest
+        (readiness, Vault's entries). Anything else that stopped is replaced."""
+        import time
+
+        fault_folder = self.fault_folder(stack)
+        if fault_folder is None or not (fault_folder / f"{name}.fault").exists():
+            return False
+        try:
+            container = stack.runtime.client.containers.get(str(record["container_id"]))
+            container.start()
+        except Exception:
+            return False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if _answers(record):
+                stack.emit(StackEvent("note", detail=f"{name}: started again after a fault"))
+                return True
+            time.sleep(0.1)
+        return False
 
     def _remove(
         self, stack: Stack, records: dict[str, dict[str, Any]], name: str, why: str

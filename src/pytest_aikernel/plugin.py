@@ -566,8 +566,11 @@ def _grow(stack: Stack, service: str) -> None:
     failure = ""
     try:
         stack.start([service])
+        stack.faults.use(service)
     except StartFailed as exc:
         failure = str(exc)
+    except AikernelError as exc:  # a fault-wait timeout
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
     if failure:
         raise StackFailed(failure)
 
@@ -594,10 +597,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 # ---- faults: every test starts on a healthy stack ------------------------------------------------
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> Any:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
     """Before the test's fixtures: wait while another process's test has one of its services
-    down, heal what a dead process left, fail for a service that could not be healed."""
+    down, heal what a dead process left, fail for a service that could not be healed. (A plain
+    hook, not a wrapper: raising before a wrapper's yield would skip the other plugins' setup
+    wrappers, whose teardown then fails.)"""
     stack = item.config.stash.get(stack_key, None)
     if stack is not None and len(stack):
         needed = _needs(item)
@@ -606,7 +611,6 @@ def pytest_runtest_setup(item: pytest.Item) -> Any:
                 stack.faults.begin(item.nodeid, needed)
             except AikernelError as exc:
                 raise pytest.fail.Exception(str(exc), pytrace=False) from None
-    return (yield)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

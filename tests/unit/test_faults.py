@@ -194,3 +194,37 @@ def test_aikernel_faults_brings_toxiproxy(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest("--collect-only", "-q", "-k", "plain")
     result.stdout.fnmatch_lines(["aikernel: services needed by the selected tests: redis"])
+
+
+def test_a_waiting_fault_goes_before_new_tests(tmp_path: Path) -> None:
+    """A worker whose tests all need redis releases its shared lock between tests: a fault
+    waiting in another process must get the service before that worker's next test."""
+    locks = FaultLocks(tmp_path / "locks")
+    locks.share(["redis"], 1, "t::first")
+    flag = tmp_path / "faulted"
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from pathlib import Path
+        from pytest_aikernel.faults import FaultLocks
+        locks = FaultLocks(Path(sys.argv[1]))
+        locks.exclusive("redis", 30, "t::faulter")
+        Path(sys.argv[2]).write_text(str(time.monotonic()))
+        time.sleep(1.0)
+        locks.release_all()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "locks"), str(flag)])
+    try:
+        deadline = time.monotonic() + 30
+        while not list((tmp_path / "locks").glob("redis.want.*")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        locks.release_all()  # the first test ends; the next one starts at once
+        locks.share(["redis"], 30, "t::second")
+        assert flag.exists(), "the next test ran before the waiting fault"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        locks.close()

@@ -464,6 +464,9 @@ class Kafka(Service):
                 "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
                 # consumers join their group at once instead of after 3 s
                 "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+                # a killed broker's registration in ZooKeeper expires after 6 s (default 18 s):
+                # a restarted broker cannot register while it is there
+                "KAFKA_ZOOKEEPER_SESSION_TIMEOUT_MS": "6000",
                 "KAFKA_HEAP_OPTS": "-Xms256m -Xmx256m",
                 "KAFKA_OPTS": FAST_JVM,
             },

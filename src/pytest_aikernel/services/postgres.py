@@ -888,8 +888,17 @@ class PostgresReplica(Service):
             ports=(PORT,),
             user="postgres",
             entrypoint=("sh", "-c", _REPLICA_SCRIPT, "aikernel-replica"),
-            # retry the primary every 0.2 s (default 5 s) once it is back from a fault
-            command=(*FAST_FLAGS, "-c", "hot_standby=on", "-c", "wal_retrieve_retry_interval=200"),
+            command=(
+                *FAST_FLAGS,
+                "-c",
+                "hot_standby=on",
+                # retry the primary every 0.2 s (default 5 s) once it is back from a fault, and
+                # notice a primary gone silent (cut off) after 5 s, not 60
+                "-c",
+                "wal_retrieve_retry_interval=200",
+                "-c",
+                "wal_receiver_timeout=5s",
+            ),
             tmpfs={PGDATA: "mode=1777"},
         )
 
@@ -915,6 +924,21 @@ class PostgresReplica(Service):
         with _probe_connect(USER, password, running, "postgres") as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
         return bool(row and row[0])
+
+    def settle(self, ctx: StackContext, running: Running) -> None:
+        """Streaming, and replayed what the primary has flushed: a replica whose receiver
+        still says "streaming" on a connection that died with its primary is not back."""
+        self.probe(ctx, running)
+        password = ctx.secrets.get("postgres.password")
+        with _probe_connect(USER, password, ctx.running["postgres"], "postgres") as conn:
+            row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        assert row is not None
+        with _probe_connect(USER, password, running, "postgres") as conn:
+            done = conn.execute(
+                "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (str(row[0]),)
+            ).fetchone()
+        if not done or not done[0]:
+            raise RuntimeError(f"the replica has not replayed the primary's WAL up to {row[0]}")
 
     def probe(self, ctx: StackContext, running: Running) -> None:
         password = ctx.secrets.get("postgres.password")

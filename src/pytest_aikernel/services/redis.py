@@ -399,6 +399,9 @@ class Redis(Service):
                 # a replica's full sync starts at once instead of after the default 5 s delay
                 "--repl-diskless-sync-delay",
                 "0",
+                # ping replicas every second, so that they notice a lost master in seconds
+                "--repl-ping-replica-period",
+                "1",
                 *_NO_PERSISTENCE,
             ),
         )
@@ -456,6 +459,9 @@ class RedisReplica(Service):
                 str(PORT),
                 "--replica-read-only",
                 "yes",
+                # a master gone silent (cut off by a fault) is noticed after 5 s, not 60
+                "--repl-timeout",
+                "5",
                 *_NO_PERSISTENCE,
             ),
         )
