@@ -32,13 +32,6 @@ BUILD = ROOT / "tests" / "incontainer" / "build"
 BASE_IMAGE = "aikernel-standin/base:bookworm"
 SOCKET = "/var/run/docker.sock"
 
-#: tests that assert the host-side addresses (published ports on 127.0.0.1): attached mode
-#: replaces them, by design, with the services' aliases and container ports
-HOST_MODE_ONLY = [
-    "tests/integration/test_services.py::test_host_side_is_loopback",
-    "tests/integration/test_services.py::test_vault_describes_every_other_service",
-]
-
 #: the foundation (postgres, postgres-replica, redis, redis-replica, vault): its session-scoped
 #: services through their clients, and the per-test objects (clones, Redis dbs, Vault paths)
 SELECTION = [
@@ -57,7 +50,6 @@ SELECTION = [
             "test_vault_url_and_token_reach_the_prefix",
         )
     ),
-    *(arg for node in HOST_MODE_ONLY for arg in ("--deselect", node)),
     "-p",
     "no:cacheprovider",
 ]

@@ -52,10 +52,24 @@ def test_user_init_files_ran_in_their_databases(aikernel_postgres: PostgresServi
         assert conn.execute("SELECT kind FROM audit.events").fetchall() == [("seeded",)]
 
 
-def test_host_side_is_loopback(aikernel_postgres, aikernel_redis, aikernel_vault) -> None:
-    assert aikernel_postgres.host == aikernel_redis.host == aikernel_vault.host == "127.0.0.1"
-    assert aikernel_vault.url.startswith("http://127.0.0.1:")
-    assert "@127.0.0.1:" in aikernel_postgres.dsn()
+def _host_side(stack: object, service: str) -> str:
+    """Where the test process reaches ``service``: loopback on a local engine, the remote
+    engine's address, or the service's alias when pytest runs in a container of the engine."""
+    engine = stack.runtime.engine  # type: ignore[attr-defined]
+    return service if engine.attached else str(engine.host)
+
+
+def test_host_side_is_the_engines_published_address(
+    aikernel_stack, aikernel_postgres, aikernel_redis, aikernel_vault
+) -> None:
+    engine = aikernel_stack.runtime.engine
+    if engine.local and not engine.attached:
+        assert aikernel_postgres.host == aikernel_redis.host == aikernel_vault.host == "127.0.0.1"
+    pg_host = _host_side(aikernel_stack, "postgres")
+    vault_host = _host_side(aikernel_stack, "vault")
+    assert aikernel_postgres.host == pg_host
+    assert aikernel_vault.url.startswith(f"http://{vault_host}:")
+    assert f"@{pg_host}:" in aikernel_postgres.dsn()
 
 
 def test_replica_reads_what_the_primary_committed(
@@ -97,7 +111,7 @@ def test_vault_describes_every_other_service(aikernel_stack, aikernel_vault) -> 
             continue
         entry = read_kv(aikernel_vault, f"aikernel/{name}")
         running = aikernel_stack.running(name)
-        assert entry["host"] == "127.0.0.1"
+        assert entry["host"] == _host_side(aikernel_stack, name)
         assert entry["internal_host"] == name
         assert entry["port"] == next(iter(running.ports.values()))
         if name in ("postgres", "postgres-replica", "redis", "redis-replica", "neo4j", "grafana"):
