@@ -47,11 +47,15 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def _hooks(config: pytest.Config) -> StackHooks:
     hook = config.hook
+    custom = bool(
+        hook.pytest_aikernel_container.get_hookimpls() or hook.pytest_aikernel_ready.get_hookimpls()
+    )
     return StackHooks(
         container=lambda service, spec: hook.pytest_aikernel_container(service=service, spec=spec),
         ready=lambda service, obj, stack: hook.pytest_aikernel_ready(
             service=service, obj=obj, stack=stack
         ),
+        custom=custom,
     )
 
 

@@ -91,6 +91,17 @@ OPTIONS: tuple[Option, ...] = (
         default="auto",
     ),
     Option(
+        field="snapshots",
+        cli="--aikernel-snapshots",
+        ini="aikernel_snapshots",
+        env="AIKERNEL_SNAPSHOTS",
+        metavar="on|off",
+        help="keep a local image of each seeded service whose seeding is costly (PostgreSQL) "
+        "and start later cold starts of the same key from it; `aikernel down --snapshots` "
+        "removes them",
+        default="on",
+    ),
+    Option(
         field="fault_wait",
         cli="--aikernel-fault-wait",
         ini="aikernel_fault_wait",
@@ -282,6 +293,8 @@ class Settings:
 
     images: Mapping[str, str] = field(default_factory=dict)
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    #: start services from seeded snapshot images (and make them)
+    snapshots: bool = True
     #: seconds a test waits for a service another process's test has faulted
     fault_wait: float = 300.0
     #: where published ports listen on the engine's host (None: loopback locally, the engine's
@@ -473,6 +486,18 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
             bind_address = _parse_address(text, src)
             sources["bind_address"] = src
 
+    value, src, _ = pick("snapshots")
+    snapshots = True
+    if value is not None:
+        text = _as_str(value).strip().lower()
+        if text in ("on", "true", "1", "yes"):
+            snapshots = True
+        elif text in ("off", "false", "0", "no"):
+            snapshots = False
+        else:
+            raise ConfigError(f"{src}: expected on or off, got {_as_str(value)!r}")
+        sources["snapshots"] = src
+
     value, src, _ = pick("fault_wait")
     fault_wait = 300.0
     if value is not None:
@@ -566,6 +591,7 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         images=images,
         startup_timeout=timeout,
         fault_wait=fault_wait,
+        snapshots=snapshots,
         bind_address=bind_address,
         docker_missing=docker_missing,
         postgres_init=init_files,

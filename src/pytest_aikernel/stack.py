@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import secrets
 import threading
@@ -53,6 +54,9 @@ class StackHooks:
     container: Callable[[str, ContainerSpec], ContainerSpec | None] = lambda _s, _c: None
     #: (service, public object, stack): the service is ready and seeded
     ready: Callable[[str, Any, Stack], None] = lambda _s, _o, _st: None
+    #: the user implements ``pytest_aikernel_ready`` or ``pytest_aikernel_container``: what
+    #: they do cannot be part of a snapshot's key, so no snapshot is made or used
+    custom: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,20 @@ class StackEvent:
     #: seconds from the service's container start to ready (and seeded)
     elapsed: float = 0.0
     detail: str = ""
+
+
+#: a snapshot that does not answer in this time is taken for broken (seconds)
+SNAPSHOT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    key: str
+    #: the snapshot image when one exists ("": make one after seeding)
+    tag: str
+    #: the service's image and its id
+    image: str
+    base_id: str
 
 
 class _Aborted(Exception):
@@ -120,6 +138,7 @@ class Stack:
             describe=self._describe,
             put_file=self._put_file,
             published=self._published,
+            exec=self._exec,
         )
         self._ready: dict[str, threading.Event] = {}
         self._closed = False
@@ -133,6 +152,8 @@ class Stack:
         self._run_token = secrets.token_hex(4)
         self._isolation_state: dict[str, dict[str, Any]] = {}
         self._faults: FaultBook | None = None
+        #: service -> the snapshot it started from ("" when it was seeded)
+        self.from_snapshot: dict[str, str] = {}
         atexit.register(self.stop)
 
     # ---- public mapping -----------------------------------------------------------------------
@@ -310,7 +331,7 @@ class Stack:
             started_at=time.monotonic(),
         )
 
-    def _bring_up(self, name: str, stop: threading.Event) -> None:
+    def _bring_up(self, name: str, stop: threading.Event, *, use_snapshot: bool = True) -> None:
         svc = self._registry[name]
         ctx = self._ctx
         for dep in svc.depends_on:
@@ -331,9 +352,18 @@ class Stack:
         self.runtime.ensure_image(name, image, self._image_hint(name))
         if stop.is_set():
             raise _Aborted
+        snapshot = self._snapshot_plan(name, svc, image) if use_snapshot else None
         for attempt in range(3):
             spec = svc.container(ctx)
             spec = self.hooks.container(name, spec) or spec
+            if snapshot is not None and snapshot.tag:
+                # the data is in the image: Docker fills the image's data volume from it (it
+                # does not fill a tmpfs), so the data directories are not tmpfs here
+                spec = dataclasses.replace(
+                    spec,
+                    image=snapshot.tag,
+                    tmpfs={p: o for p, o in spec.tmpfs.items() if p not in svc.snapshot_paths},
+                )
             try:
                 running = self.runtime.start(name, spec, labels=self.service_labels(name))
                 break
@@ -346,18 +376,58 @@ class Stack:
                     raise
         ctx.running[name] = running
         self._emit(StackEvent("started", name, detail=image))
+        if snapshot is not None and snapshot.tag:
+            try:
+                self._probe_until_ready(
+                    svc, running, stop, probe=svc.snapshot_probe, limit=SNAPSHOT_TIMEOUT
+                )
+            except (ContainerExited, ServiceStartTimeout) as exc:
+                # a corrupt or foreign snapshot: remove it and seed as without one
+                self.runtime.remove([name])
+                self.runtime.remove_image(snapshot.tag)
+                ctx.running.pop(name, None)
+                self._emit(
+                    StackEvent(
+                        "note",
+                        name,
+                        detail=f"{name}: snapshot {snapshot.key} did not start "
+                        f"({type(exc).__name__}); removed it, seeding instead",
+                    )
+                )
+                self._bring_up(name, stop, use_snapshot=False)
+                return
+            self.ready_at[name] = time.monotonic()
+            self.from_snapshot[name] = snapshot.key
+            self._finish(name, svc, running, freeze=False)
+            return
         self._probe_until_ready(svc, running, stop)
         self.ready_at[name] = time.monotonic()
         for other in sorted(svc.seed_after(ctx)):
             self._wait_ready(other, stop)
         svc.seed(ctx, running)
-        self._finish(name, svc, running, freeze=True)
+        self._finish(
+            name,
+            svc,
+            running,
+            freeze=True,
+            snapshot=snapshot if snapshot is not None and not snapshot.tag else None,
+        )
 
-    def _finish(self, name: str, svc: Service, running: Running, *, freeze: bool) -> None:
+    def _finish(
+        self,
+        name: str,
+        svc: Service,
+        running: Running,
+        *,
+        freeze: bool,
+        snapshot: _Snapshot | None = None,
+    ) -> None:
         obj = self._control(name, svc.expose(self._ctx, running))
         self.hooks.ready(name, obj, self)
         if freeze:
             svc.freeze(self._ctx, running)
+        if snapshot is not None:
+            self._make_snapshot(name, svc, running, snapshot)
         self._ctx.exposed[name] = obj
         elapsed = time.monotonic() - running.started_at
         self.timings[name] = elapsed
@@ -366,7 +436,60 @@ class Stack:
         if len(shown) > 5:  # Toxiproxy's pool of proxy ports
             shown[4:] = [f"+{len(shown) - 4} more"]
         ports = ", ".join(shown)
+        if name in self.from_snapshot:
+            ports += f"; from snapshot {self.from_snapshot[name]}"
         self._emit(StackEvent("ready", name, elapsed=elapsed, detail=ports))
+
+    # ---- snapshots ----------------------------------------------------------------------------
+
+    def _snapshot_plan(self, name: str, svc: Service, image: str) -> _Snapshot | None:
+        """The snapshot to start ``name`` from (``tag``), or to make after seeding (no tag);
+        None where snapshots do not apply."""
+        if not (self.settings.snapshots and svc.snapshot_paths) or self.hooks.custom:
+            return None
+        import hashlib
+
+        from .lease import service_keys
+
+        base_id = self.runtime.image_id(image)
+        if not base_id:
+            return None
+        own = service_keys(self.settings, [name])[name]
+        key = hashlib.sha256(f"{own}:{base_id}".encode()).hexdigest()[:16]
+        tag = self.runtime.find_snapshot(name, key, base_id)
+        return _Snapshot(key=key, tag=tag, image=image, base_id=base_id)
+
+    def _make_snapshot(self, name: str, svc: Service, running: Running, plan: _Snapshot) -> None:
+        """Copy the seeded data directories now (the container paused for the copy, before any
+        test can write), and build the image in the background."""
+        from . import __version__
+
+        try:
+            transient = svc.before_snapshot(self._ctx, running)
+            archives = self.runtime.capture(
+                name, svc.snapshot_paths, (*svc.snapshot_exclude, *transient)
+            )
+        except Exception as exc:
+            self._emit(StackEvent("note", name, detail=f"{name}: no snapshot made ({exc})"))
+            return
+
+        try:
+            self.runtime.build_snapshot(
+                name,
+                key=plan.key,
+                base_image=plan.image,
+                base_id=plan.base_id,
+                archives=archives,
+                version=__version__,
+                detach=True,
+            )
+        except Exception as exc:
+            self._emit(StackEvent("note", name, detail=f"{name}: no snapshot made ({exc})"))
+
+    def _exec(self, service: str, cmd: list[str], env: Mapping[str, str]) -> tuple[int, str]:
+        if self.external:
+            return 1, "external mode: no container"
+        return self.runtime.exec(service, cmd, env)
 
     def _wait_ready(self, name: str, stop: threading.Event) -> None:
         event = self._ready[name]
@@ -374,8 +497,19 @@ class Stack:
             if stop.is_set():
                 raise _Aborted
 
-    def _probe_until_ready(self, svc: Service, running: Running, stop: threading.Event) -> None:
+    def _probe_until_ready(
+        self,
+        svc: Service,
+        running: Running,
+        stop: threading.Event,
+        *,
+        probe: Callable[[StackContext, Running], None] | None = None,
+        limit: float | None = None,
+    ) -> None:
+        check = probe or svc.probe
         timeout = self.settings.startup_timeout
+        if limit is not None:
+            timeout = min(timeout, limit)
         if self.external:
             # a running service answers at once; do not make a wrong address wait two minutes
             timeout = min(timeout, EXTERNAL_TIMEOUT)
@@ -386,7 +520,7 @@ class Stack:
             if stop.is_set():
                 raise _Aborted
             try:
-                svc.probe(self._ctx, running)
+                check(self._ctx, running)
                 return
             except Exception as exc:
                 last_error = exc

@@ -29,6 +29,12 @@ LABEL_SERVICE = "pytest-aikernel.service"
 LABEL_SESSION = "pytest-aikernel.session"
 LABEL_OWNER = "pytest-aikernel.owner"
 LABEL_TMPFS = "pytest-aikernel.tmpfs"
+#: snapshot images: ``aikernel-snapshot/<service>:<key>``, labelled with the service, its key,
+#: the id of the image it was made from and the plugin version
+SNAPSHOT_REPO = "aikernel-snapshot"
+LABEL_SNAPSHOT = "pytest-aikernel.snapshot"
+LABEL_SNAPSHOT_KEY = "pytest-aikernel.snapshot-key"
+LABEL_SNAPSHOT_BASE = "pytest-aikernel.snapshot-base"
 LOOPBACK = "127.0.0.1"
 
 
@@ -656,6 +662,149 @@ class DockerRuntime:
             self.client.containers.get(self.container_name(service)).remove(force=True, v=True)
         return self.start(service, spec, labels, host_ports=old.ports)
 
+    # ---- snapshots: a local image of a seeded service ------------------------------------------
+
+    def exec(
+        self, service: str, cmd: list[str], env: Mapping[str, str] | None = None, user: str = ""
+    ) -> tuple[int, str]:
+        """Run ``cmd`` in the running container of ``service``: (exit code, output)."""
+        raw = self.container(service)
+        try:
+            result = raw.exec_run(cmd, environment=dict(env or {}), user=user or "")
+        except Exception as exc:
+            raise ServiceError(service, f"{service}: exec failed: {_short(exc)}") from None
+        data = result.output if isinstance(result.output, bytes) else b""
+        return int(result.exit_code or 0), data.decode("utf-8", "replace")
+
+    def image_id(self, image: str) -> str:
+        """The id of a local image ("" when it is not there)."""
+        try:
+            return str(self.client.images.get(image).id)
+        except Exception:
+            return ""
+
+    def find_snapshot(self, service: str, key: str, base_id: str) -> str:
+        """The tag of the snapshot of ``service`` for ``key`` made from the image ``base_id``
+        ("" when there is none, or it was made from another image)."""
+        tag = snapshot_tag(service, key)
+        try:
+            labels = self.client.images.get(tag).labels or {}
+        except Exception:
+            return ""
+        if labels.get(LABEL_SNAPSHOT_KEY) != key or labels.get(LABEL_SNAPSHOT_BASE) != base_id:
+            return ""
+        return tag
+
+    def capture(
+        self, service: str, paths: Iterable[str], exclude: Iterable[str] = ()
+    ) -> dict[str, bytes]:
+        """Tar archives of ``paths`` in the container of ``service``, taken while the container
+        is paused (every process frozen: the files do not change under the copy); members named
+        in ``exclude`` (relative to each path, e.g. a lock file) are left out."""
+        import io
+        import tarfile
+
+        raw = self.container(service)
+        skipped = set(exclude)
+        out: dict[str, bytes] = {}
+        raw.pause()
+        try:
+            for path in paths:
+                stream, _stat = raw.get_archive(path)
+                source = io.BytesIO(b"".join(stream))
+                filtered = io.BytesIO()
+                top = path.rstrip("/").rsplit("/", 1)[-1]
+                with (
+                    tarfile.open(fileobj=source) as src,
+                    tarfile.open(fileobj=filtered, mode="w") as dst,
+                ):
+                    for member in src:
+                        inner = member.name.split("/", 1)[1] if "/" in member.name else ""
+                        if member.name.split("/", 1)[0] == top and inner in skipped:
+                            continue
+                        data = src.extractfile(member) if member.isfile() else None
+                        dst.addfile(member, data)
+                out[path] = filtered.getvalue()
+        finally:
+            raw.unpause()
+        return out
+
+    def build_snapshot(
+        self,
+        service: str,
+        *,
+        key: str,
+        base_image: str,
+        base_id: str,
+        archives: Mapping[str, bytes],
+        version: str,
+        detach: bool = False,
+    ) -> str:
+        """An image ``FROM base_image`` with each archive added at its path's parent folder,
+        tagged ``aikernel-snapshot/<service>:<key>``; returns the tag. With ``detach``, a
+        separate process builds it (the session does not wait; the image appears when done)."""
+        import io
+        import json
+        import subprocess
+        import sys
+        import tarfile
+        import tempfile
+
+        lines = [f"FROM {base_image}"]
+        context = io.BytesIO()
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            for n, (path, data) in enumerate(archives.items()):
+                parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
+                name = f"data-{n}.tar"
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                lines.append(f"ADD {name} {parent}/")
+            dockerfile = ("\n".join(lines) + "\n").encode()
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile))
+        context.seek(0)
+        tag = snapshot_tag(service, key)
+        labels = {
+            LABEL_SNAPSHOT: service,
+            LABEL_SNAPSHOT_KEY: key,
+            LABEL_SNAPSHOT_BASE: base_id,
+            "pytest-aikernel.version": version,
+        }
+        if detach:
+            with tempfile.NamedTemporaryFile(
+                prefix="aikernel-snapshot-", suffix=".tar", delete=False
+            ) as fh:
+                fh.write(context.getvalue())
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest_aikernel.runtime.snapbuild",
+                    fh.name,
+                    tag,
+                    json.dumps(labels),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+            return tag
+        try:
+            build_image(self.client, context, tag, labels)
+        except Exception as exc:
+            raise ServiceError(
+                service, f"{service}: the snapshot image could not be built: {_short(exc)}"
+            ) from None
+        return tag
+
+    def remove_image(self, image: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.images.remove(image, force=True)
+
     def check_alive(self, running: Running) -> None:
         """Raise ContainerExited when the service's container is no longer running."""
         raw = self._raw(running.service)
@@ -777,6 +926,25 @@ def _published_ports(attrs: dict[str, Any], wanted: Iterable[int]) -> dict[int, 
 def _exposed(attrs: dict[str, Any]) -> list[int]:
     bindings = attrs.get("HostConfig", {}).get("PortBindings") or {}
     return [int(key.split("/")[0]) for key in bindings if key.endswith("/tcp")]
+
+
+def build_image(
+    client: docker.DockerClient, context: Any, tag: str, labels: Mapping[str, str]
+) -> None:
+    """Build ``tag`` from a tar build context (file object), never pulling."""
+    client.images.build(
+        fileobj=context,
+        custom_context=True,
+        tag=tag,
+        pull=False,
+        rm=True,
+        forcerm=True,
+        labels=dict(labels),
+    )
+
+
+def snapshot_tag(service: str, key: str) -> str:
+    return f"{SNAPSHOT_REPO}/{service}:{key}"
 
 
 def _remove_network(network: Any) -> None:

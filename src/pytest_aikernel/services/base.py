@@ -165,6 +165,12 @@ class StackContext:
     #: publish on), or None when the test process reaches services by their network alias
     #: (pytest in a container on the stack network); filled by the stack
     published: Callable[[], tuple[str, int] | None] = lambda: ("127.0.0.1", 0)
+    #: (service, command, environment) -> (exit code, output): run a command in a running
+    #: service's container; filled by the stack
+    exec: Callable[[str, list[str], Mapping[str, str]], tuple[int, str]] = lambda _s, _c, _e: (
+        1,
+        "no container",
+    )
 
     def image(self, service: str) -> str:
         from . import image_for
@@ -279,6 +285,25 @@ class Service(ABC):
     def metrics(self, ctx: StackContext) -> MetricsEndpoint | None:
         """The service's Prometheus metrics endpoint, if it has one (scraped by Prometheus)."""
         return None
+
+    # ---- snapshots (docs/snapshots.md) -------------------------------------------------------
+
+    #: the data directories that hold the seeded state: a snapshot image keeps them, and a
+    #: later cold start of the same key starts from it without seeding (empty: no snapshots)
+    snapshot_paths: ClassVar[tuple[str, ...]] = ()
+    #: files in those directories that belong to the running server (lock files), not copied
+    snapshot_exclude: ClassVar[tuple[str, ...]] = ()
+
+    def before_snapshot(self, ctx: StackContext, running: Running) -> tuple[str, ...]:
+        """Make the data directories complete on disk before the container is paused and
+        copied (PostgreSQL: a checkpoint); return further files not to copy (relative to the
+        data directory), e.g. preallocated log segments."""
+        return ()
+
+    def snapshot_probe(self, ctx: StackContext, running: Running) -> None:
+        """The readiness probe of a container started from a snapshot: first make the server
+        take this stack's secrets (the snapshot has another stack's), then :meth:`probe`."""
+        self.probe(ctx, running)
 
     # ---- faults (faults.py) ----------------------------------------------------------------
 
