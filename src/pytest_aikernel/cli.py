@@ -260,6 +260,98 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshot_images(client: Any) -> list[Any]:
+    from .runtime.docker import LABEL_SNAPSHOT
+
+    return list(client.images.list(filters={"label": LABEL_SNAPSHOT}))
+
+
+def _in_use(client: Any, image: Any) -> list[str]:
+    """Names of the containers that run from ``image``."""
+    return [
+        c.name
+        for c in client.containers.list(all=True, ignore_removed=True)
+        if c.attrs.get("Image") == image.id
+    ]
+
+
+def remove_snapshots(client: Any) -> tuple[list[str], list[str]]:
+    """Remove every snapshot image that no container uses: (removed tags, kept messages)."""
+    removed: list[str] = []
+    kept: list[str] = []
+    for image in _snapshot_images(client):
+        tags = image.tags or [image.short_id]
+        users = _in_use(client, image)
+        if users:
+            kept.append(f"kept snapshot {tags[0]}: in use by {', '.join(users)}")
+            continue
+        try:
+            client.images.remove(image.id, force=True)
+        except Exception as exc:
+            kept.append(f"kept snapshot {tags[0]}: {exc}")
+            continue
+        removed.extend(tags)
+    return removed, kept
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    """List, export, import or remove the snapshot images of this engine."""
+    from .runtime.docker import LABEL_SNAPSHOT, LABEL_SNAPSHOT_KEY, docker_client
+
+    client = docker_client()
+    try:
+        if args.action == "list":
+            for image in _snapshot_images(client):
+                labels = image.labels or {}
+                size = image.attrs.get("Size", 0) / 1e6
+                print(
+                    f"{(image.tags or [image.short_id])[0]}\t{labels.get(LABEL_SNAPSHOT)}\t"
+                    f"key {labels.get(LABEL_SNAPSHOT_KEY)}\t{size:.0f} MB\t"
+                    f"{image.attrs.get('Created', '')[:19]}"
+                )
+            return 0
+        if args.action == "prune":
+            removed, kept = remove_snapshots(client)
+            for line in kept:
+                print(line, file=sys.stderr)
+            print(f"removed {len(removed)} snapshot image(s)", file=sys.stderr)
+            return 0
+        folder = Path(args.folder)
+        if args.action == "export":
+            folder.mkdir(parents=True, exist_ok=True)
+            count = 0
+            for image in _snapshot_images(client):
+                for tag in image.tags:
+                    target = folder / (tag.replace("/", "_").replace(":", "-") + ".tar")
+                    with open(target, "wb") as fh:
+                        for chunk in image.save(named=True):
+                            fh.write(chunk)
+                    print(f"exported {tag} to {target}", file=sys.stderr)
+                    count += 1
+            print(f"exported {count} snapshot image(s) to {folder}", file=sys.stderr)
+            return 0
+        if args.action == "import":
+            tars = sorted(folder.glob("*.tar"))
+            if not tars:
+                raise ConfigError(f"aikernel snapshots import: no .tar files in {folder}")
+            for tar in tars:
+                with open(tar, "rb") as fh:
+                    images = client.images.load(fh)
+                for image in images:
+                    if LABEL_SNAPSHOT not in (image.labels or {}):
+                        print(
+                            f"{tar}: {', '.join(image.tags)} is not a pytest-aikernel snapshot "
+                            "(loaded anyway; it will not be used)",
+                            file=sys.stderr,
+                        )
+                    else:
+                        print(f"imported {', '.join(image.tags)} from {tar}", file=sys.stderr)
+            return 0
+    finally:
+        client.close()
+    return 2
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     """Reused stacks (services no live run holds; all with --force), dead sessions' leftovers,
     and live sessions' stacks with --all."""
@@ -287,6 +379,12 @@ def cmd_down(args: argparse.Namespace) -> int:
         _remove_empty(folder)
     client = docker_client()
     try:
+        if args.snapshots:
+            gone_images, kept_images = remove_snapshots(client)
+            for line in kept_images:
+                print(line, file=sys.stderr)
+            if gone_images:
+                print(f"removed snapshots {', '.join(gone_images)}", file=sys.stderr)
         for session, containers in sorted(_stacks(client).items()):
             labels = containers[0].labels
             if LABEL_REUSE in labels:
@@ -392,7 +490,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also remove reused services that a running process holds, and reused stacks of "
         "projects this cache folder does not know",
     )
+    down.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="also remove the snapshot images (those no container uses)",
+    )
     down.set_defaults(func=cmd_down)
+    snaps = sub.add_parser(
+        "snapshots",
+        help="list, export, import or remove snapshot images",
+        description="Snapshot images hold a seeded service (docs/snapshots.md). export/import "
+        "carry them between CI jobs as one tarball per image (e.g. in a CI cache folder).",
+    )
+    snaps.add_argument("action", choices=("list", "export", "import", "prune"))
+    snaps.add_argument("folder", nargs="?", default=".", help="folder for export/import")
+    snaps.set_defaults(func=cmd_snapshots)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -483,6 +483,14 @@ class Stack:
                 version=__version__,
                 detach=True,
             )
+            self._emit(
+                StackEvent(
+                    "note",
+                    name,
+                    detail=f"{name}: seeded state kept as snapshot {plan.key} (its image is "
+                    "built in the background; later cold starts begin from it)",
+                )
+            )
         except Exception as exc:
             self._emit(StackEvent("note", name, detail=f"{name}: no snapshot made ({exc})"))
 
