@@ -1,0 +1,240 @@
+"""Seeded snapshots of PostgreSQL: the first seeded start keeps one, the next cold start of the
+same key begins from it with exactly the seeded data, a changed init file gives a new one, ``off``
+never makes or uses one, a broken one falls back to seeding, and they can be removed, exported and
+imported.
+
+Each test seeds with an init file of its own (a random token in it), so its snapshot key is its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from pytest_aikernel.runtime.docker import LABEL_SNAPSHOT_KEY, SNAPSHOT_REPO
+
+from .test_lifecycle import RECORD, out
+
+SUITE = (
+    RECORD
+    + """
+import json
+
+def test_seeded_data(aikernel_postgres, aikernel_pg):
+    with aikernel_postgres.connect() as conn:
+        shape = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
+        ).fetchall()
+        rows = conn.execute("SELECT mark FROM snap.marks ORDER BY mark").fetchall()
+        # a test's write, after the snapshot was taken: never in a snapshot
+        conn.execute("INSERT INTO snap.marks VALUES ('written by a test')")
+        conn.commit()
+    clone_rows = aikernel_pg.execute("SELECT count(*) FROM snap.marks").fetchone()[0]
+    record("data", json.dumps({"shape": shape, "rows": rows, "clone_rows": clone_rows}))
+"""
+)
+
+
+def _init(folder: Path, token: str, marks: tuple[str, ...]) -> Path:
+    sql = folder / "snap.sql"
+    values = ", ".join(f"('{m}')" for m in marks)
+    sql.write_text(
+        f"-- token {token}\nCREATE SCHEMA snap;\nCREATE TABLE snap.marks (mark text);\n"
+        f"INSERT INTO snap.marks VALUES {values};\n"
+    )
+    return sql
+
+
+@pytest.fixture
+def project(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[pytest.Pytester, str]]:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    monkeypatch.setenv("AIKTEST_OUT", str(out_dir))
+    token = secrets.token_hex(6)
+    _init(pytester.path, token, ("seed-1", "seed-2"))
+    pytester.makepyfile(test_snap=SUITE)
+    pytester.makeini("[pytest]\naikernel_postgres_init = aikernel_catalog:snap.sql\n")
+    yield pytester, token
+    client = docker.from_env()
+    try:
+        for key in _KEYS:
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(f"{SNAPSHOT_REPO}/postgres:{key}", force=True)
+    finally:
+        _KEYS.clear()
+        client.close()
+
+
+#: snapshot keys the tests made (removed after each test)
+_KEYS: list[str] = []
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> tuple[str, dict]:
+    import json
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", *args, timeout=600)
+    text = result.stdout.str()
+    assert result.ret == 0, text
+    return text, json.loads(out("data"))
+
+
+def _kept(text: str) -> str:
+    match = re.search(r"seeded state kept as snapshot (\w+)", text)
+    assert match is not None, text
+    _KEYS.append(match.group(1))
+    return match.group(1)
+
+
+def _wait_image(key: str, timeout: float = 120) -> str:
+    tag = f"{SNAPSHOT_REPO}/postgres:{key}"
+    client = docker.from_env()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                image = client.images.get(tag)
+                assert image.labels[LABEL_SNAPSHOT_KEY] == key
+                return tag
+            except docker.errors.ImageNotFound:
+                assert time.monotonic() < deadline, f"{tag} was never built"
+                time.sleep(0.2)
+    finally:
+        client.close()
+
+
+def test_a_snapshot_start_holds_exactly_the_seeded_data(project) -> None:
+    pytester, _token = project
+    seeded_text, seeded = _run(pytester)
+    key = _kept(seeded_text)
+    _wait_image(key)
+    text, from_snapshot = _run(pytester)
+    assert re.search(rf"postgres ready in [\d.]+ s \(127\.0\.0\.1:\d+; from snapshot {key}\)", text)
+    assert "seeded state kept" not in text
+    # the same schemas and tables, the same rows; none of what the first run's test wrote
+    assert from_snapshot == seeded
+    assert from_snapshot["rows"] == [["seed-1"], ["seed-2"]]
+    assert from_snapshot["clone_rows"] == 2  # the templates came with it
+
+
+def test_a_replica_follows_a_primary_started_from_a_snapshot(project) -> None:
+    pytester, _token = project
+    key = _kept(_run(pytester)[0])
+    _wait_image(key)
+    pytester.makepyfile(
+        test_replica="""
+def test_replica(aikernel_postgres, aikernel_postgres_replica):
+    with aikernel_postgres.connect() as conn:
+        conn.execute("INSERT INTO snap.marks VALUES ('replicated')")
+        conn.commit()
+    aikernel_postgres_replica.wait_for_replication(timeout=20)
+    with aikernel_postgres_replica.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM snap.marks").fetchone()[0] == 3
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_replica.py", timeout=600)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([f"*postgres ready in * from snapshot {key})*"])
+
+
+def test_a_changed_init_file_gives_a_new_snapshot_and_the_new_data(project) -> None:
+    pytester, token = project
+    first = _kept(_run(pytester)[0])
+    _wait_image(first)
+    _init(pytester.path, token, ("seed-1", "seed-2", "seed-3"))
+    text, data = _run(pytester)
+    second = _kept(text)
+    assert second != first
+    assert "from snapshot" not in text
+    assert data["rows"] == [["seed-1"], ["seed-2"], ["seed-3"]]
+    _wait_image(second)
+    text, data = _run(pytester)
+    assert f"from snapshot {second}" in text
+    assert data["rows"] == [["seed-1"], ["seed-2"], ["seed-3"]]
+
+
+def test_off_never_makes_or_uses_one(project) -> None:
+    pytester, _token = project
+    client = docker.from_env()
+    before = {i.id for i in client.images.list(filters={"label": "pytest-aikernel.snapshot"})}
+    text, _data = _run(pytester, "--aikernel-snapshots", "off")
+    assert "snapshot" not in text
+    time.sleep(3)  # a background build would have started by now
+    after = {i.id for i in client.images.list(filters={"label": "pytest-aikernel.snapshot"})}
+    assert after == before
+    key = _kept(_run(pytester)[0])  # on: made
+    _wait_image(key)
+    text, _data = _run(pytester, "--aikernel-snapshots=off")
+    assert "from snapshot" not in text
+    client.close()
+
+
+def test_a_broken_snapshot_falls_back_to_seeding(project) -> None:
+    pytester, _token = project
+    key = _kept(_run(pytester)[0])
+    tag = _wait_image(key)
+    # overwrite the control file of the snapshot's cluster: the server cannot start from it
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = f"FROM {tag}\nCOPY garbage /var/lib/postgresql/data/global/pg_control\n"
+        for name, data in (("Dockerfile", dockerfile.encode()), ("garbage", b"\0" * 8192)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    client = docker.from_env()
+    client.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
+    client.close()
+    text, data = _run(pytester)
+    assert f"snapshot {key} did not start" in text, text
+    assert "seeding instead" in text
+    assert data["rows"] == [["seed-1"], ["seed-2"]]
+
+
+def _aikernel(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The aikernel command with a private cache folder (no reused stack of the user's)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_aikernel", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_export_import_round_trip_and_down_removes_them(project, tmp_path: Path) -> None:
+    pytester, _token = project
+    key = _kept(_run(pytester)[0])
+    tag = _wait_image(key)
+    folder = tmp_path / "cache"
+    xdg = tmp_path / "xdg"
+    _aikernel(xdg, "snapshots", "export", str(folder))
+    exported = list(folder.glob("*.tar"))
+    assert any(key in p.name for p in exported)
+    _aikernel(xdg, "down", "--snapshots")
+    client = docker.from_env()
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get(tag)
+    _aikernel(xdg, "snapshots", "import", str(folder))
+    assert client.images.get(tag).labels[LABEL_SNAPSHOT_KEY] == key
+    client.close()
+    text, data = _run(pytester)
+    assert f"from snapshot {key}" in text
+    assert data["rows"] == [["seed-1"], ["seed-2"]]
