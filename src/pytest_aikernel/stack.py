@@ -464,6 +464,7 @@ class Stack:
         test can write), and build the image in the background."""
         from . import __version__
 
+        began = time.monotonic()
         try:
             transient = svc.before_snapshot(self._ctx, running)
             archives = self.runtime.capture(
@@ -487,8 +488,9 @@ class Stack:
                 StackEvent(
                     "note",
                     name,
-                    detail=f"{name}: seeded state kept as snapshot {plan.key} (its image is "
-                    "built in the background; later cold starts begin from it)",
+                    detail=f"{name}: seeded state kept as snapshot {plan.key} (copied in "
+                    f"{time.monotonic() - began:.2f} s; its image is built in the background; "
+                    "later cold starts begin from it)",
                 )
             )
         except Exception as exc:
