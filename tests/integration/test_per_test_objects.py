@@ -37,7 +37,7 @@ from pytest_aikernel import (
     _http,
 )
 
-STEM = re.compile(r"^aik_(main|gw[0-9]+)_[0-9]+_[0-9a-f]{6}$")
+STEM = re.compile(r"^aik_(main|gw[0-9]+)_[0-9]+_[0-9a-f]{8}$")
 STEMS: list[str] = []
 
 
