@@ -357,12 +357,10 @@ class Stack:
             spec = svc.container(ctx)
             spec = self.hooks.container(name, spec) or spec
             if snapshot is not None and snapshot.tag:
-                # the data is in the image: Docker fills the image's data volume from it (it
-                # does not fill a tmpfs), so the data directories are not tmpfs here
+                from .runtime.docker import SNAPSHOT_ROOT
+
                 spec = dataclasses.replace(
-                    spec,
-                    image=snapshot.tag,
-                    tmpfs={p: o for p, o in spec.tmpfs.items() if p not in svc.snapshot_paths},
+                    svc.snapshot_spec(spec, SNAPSHOT_ROOT), image=snapshot.tag
                 )
             try:
                 running = self.runtime.start(name, spec, labels=self.service_labels(name))
@@ -455,7 +453,9 @@ class Stack:
         if not base_id:
             return None
         own = service_keys(self.settings, [name])[name]
-        key = hashlib.sha256(f"{own}:{base_id}".encode()).hexdigest()[:16]
+        from .runtime.docker import SNAPSHOT_FORMAT
+
+        key = hashlib.sha256(f"{own}:{base_id}:{SNAPSHOT_FORMAT}".encode()).hexdigest()[:16]
         tag = self.runtime.find_snapshot(name, key, base_id)
         return _Snapshot(key=key, tag=tag, image=image, base_id=base_id)
 

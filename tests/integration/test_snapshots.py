@@ -23,7 +23,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from pytest_aikernel.runtime.docker import LABEL_SNAPSHOT_KEY, SNAPSHOT_REPO
+from pytest_aikernel.runtime.docker import LABEL_SNAPSHOT_KEY, SNAPSHOT_REPO, SNAPSHOT_ROOT
 
 from .test_lifecycle import RECORD, out
 
@@ -190,7 +190,8 @@ def test_a_broken_snapshot_falls_back_to_seeding(project) -> None:
     # overwrite the control file of the snapshot's cluster: the server cannot start from it
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        dockerfile = f"FROM {tag}\nCOPY garbage /var/lib/postgresql/data/global/pg_control\n"
+        control = f"{SNAPSHOT_ROOT}/var/lib/postgresql/data/global/pg_control"
+        dockerfile = f"FROM {tag}\nCOPY garbage {control}\n"
         for name, data in (("Dockerfile", dockerfile.encode()), ("garbage", b"\0" * 8192)):
             info = tarfile.TarInfo(name)
             info.size = len(data)

@@ -32,6 +32,11 @@ LABEL_TMPFS = "pytest-aikernel.tmpfs"
 #: snapshot images: ``aikernel-snapshot/<service>:<key>``, labelled with the service, its key,
 #: the id of the image it was made from and the plugin version
 SNAPSHOT_REPO = "aikernel-snapshot"
+#: where a snapshot image keeps the data directories: ``<root><path>``, outside any VOLUME of the
+#: service's image (Docker would copy a VOLUME's content into a new volume at every start)
+SNAPSHOT_ROOT = "/aikernel-snapshot"
+#: the layout of snapshot images; part of every snapshot's key
+SNAPSHOT_FORMAT = 2
 LABEL_SNAPSHOT = "pytest-aikernel.snapshot"
 LABEL_SNAPSHOT_KEY = "pytest-aikernel.snapshot-key"
 LABEL_SNAPSHOT_BASE = "pytest-aikernel.snapshot-base"
@@ -759,7 +764,7 @@ class DockerRuntime:
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-                lines.append(f"ADD {name} {parent}/")
+                lines.append(f"ADD {name} {SNAPSHOT_ROOT}{parent.rstrip('/')}/")
             dockerfile = ("\n".join(lines) + "\n").encode()
             info = tarfile.TarInfo("Dockerfile")
             info.size = len(dockerfile)

@@ -300,6 +300,11 @@ class Service(ABC):
         data directory), e.g. preallocated log segments."""
         return ()
 
+    def snapshot_spec(self, spec: ContainerSpec, root: str) -> ContainerSpec:
+        """``spec`` for a start from a snapshot image that holds each data directory ``path``
+        at ``root + path`` (the service points its server there, e.g. PGDATA)."""
+        raise NotImplementedError(f"{self.name}: snapshot_paths without snapshot_spec")
+
     def snapshot_probe(self, ctx: StackContext, running: Running) -> None:
         """The readiness probe of a container started from a snapshot: first make the server
         take this stack's secrets (the snapshot has another stack's), then :meth:`probe`."""

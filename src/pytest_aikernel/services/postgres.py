@@ -735,6 +735,17 @@ class Postgres(Service):
             ).fetchall()
         return tuple(f"pg_wal/{row[0]}" for row in rows)
 
+    def snapshot_spec(self, spec: ContainerSpec, root: str) -> ContainerSpec:
+        # the official entrypoint finds an initialised PGDATA there and skips initdb; the data
+        # stays in the image's layer (no copy at start; changed files are copied on write)
+        import dataclasses
+
+        return dataclasses.replace(
+            spec,
+            env={**spec.env, "PGDATA": root + PGDATA},
+            tmpfs={p: o for p, o in spec.tmpfs.items() if p != PGDATA},
+        )
+
     def snapshot_probe(self, ctx: StackContext, running: Running) -> None:
         # the snapshot's role has the password of the stack it was made in: set this stack's
         # over the local socket (trust for local connections, as initdb left it)
