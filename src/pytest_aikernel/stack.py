@@ -424,8 +424,6 @@ class Stack:
         self.hooks.ready(name, obj, self)
         if freeze:
             svc.freeze(self._ctx, running)
-        if snapshot is not None:
-            self._make_snapshot(name, svc, running, snapshot)
         self._ctx.exposed[name] = obj
         elapsed = time.monotonic() - running.started_at
         self.timings[name] = elapsed
@@ -437,6 +435,11 @@ class Stack:
         if name in self.from_snapshot:
             ports += f"; from snapshot {self.from_snapshot[name]}"
         self._emit(StackEvent("ready", name, elapsed=elapsed, detail=ports))
+        if snapshot is not None:
+            # after the ready event: the services that wait for this one go on meanwhile (a
+            # connection of theirs waits out the pause); the stack's start, and so every test,
+            # waits for this thread, so no test writes before the copy
+            self._make_snapshot(name, svc, running, snapshot)
 
     # ---- snapshots ----------------------------------------------------------------------------
 
@@ -467,9 +470,7 @@ class Stack:
         began = time.monotonic()
         try:
             transient = svc.before_snapshot(self._ctx, running)
-            archives = self.runtime.capture(
-                name, svc.snapshot_paths, (*svc.snapshot_exclude, *transient)
-            )
+            archives = self.runtime.capture(name, svc.snapshot_paths)
         except Exception as exc:
             self._emit(StackEvent("note", name, detail=f"{name}: no snapshot made ({exc})"))
             return
@@ -481,6 +482,7 @@ class Stack:
                 base_image=plan.image,
                 base_id=plan.base_id,
                 archives=archives,
+                exclude=(*svc.snapshot_exclude, *transient),
                 version=__version__,
                 detach=True,
             )

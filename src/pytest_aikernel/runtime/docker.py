@@ -700,36 +700,18 @@ class DockerRuntime:
             return ""
         return tag
 
-    def capture(
-        self, service: str, paths: Iterable[str], exclude: Iterable[str] = ()
-    ) -> dict[str, bytes]:
-        """Tar archives of ``paths`` in the container of ``service``, taken while the container
-        is paused (every process frozen: the files do not change under the copy); members named
-        in ``exclude`` (relative to each path, e.g. a lock file) are left out."""
-        import io
-        import tarfile
-
+    def capture(self, service: str, paths: Iterable[str]) -> dict[str, bytes]:
+        """Tar archives of ``paths`` in the container of ``service`` (as the Docker API gives
+        them), taken while the container is paused: every process frozen, the files do not
+        change under the copy. Only the copy is on this path; filtering and the image build
+        are :meth:`build_snapshot`'s."""
         raw = self.container(service)
-        skipped = set(exclude)
         out: dict[str, bytes] = {}
         raw.pause()
         try:
             for path in paths:
                 stream, _stat = raw.get_archive(path)
-                source = io.BytesIO(b"".join(stream))
-                filtered = io.BytesIO()
-                top = path.rstrip("/").rsplit("/", 1)[-1]
-                with (
-                    tarfile.open(fileobj=source) as src,
-                    tarfile.open(fileobj=filtered, mode="w") as dst,
-                ):
-                    for member in src:
-                        inner = member.name.split("/", 1)[1] if "/" in member.name else ""
-                        if member.name.split("/", 1)[0] == top and inner in skipped:
-                            continue
-                        data = src.extractfile(member) if member.isfile() else None
-                        dst.addfile(member, data)
-                out[path] = filtered.getvalue()
+                out[path] = b"".join(stream)
         finally:
             raw.unpause()
         return out
@@ -742,34 +724,19 @@ class DockerRuntime:
         base_image: str,
         base_id: str,
         archives: Mapping[str, bytes],
+        exclude: Iterable[str] = (),
         version: str,
         detach: bool = False,
     ) -> str:
-        """An image ``FROM base_image`` with each archive added at its path's parent folder,
-        tagged ``aikernel-snapshot/<service>:<key>``; returns the tag. With ``detach``, a
-        separate process builds it (the session does not wait; the image appears when done)."""
-        import io
+        """An image ``FROM base_image`` with each archive (of a data directory ``path``, less
+        the ``exclude`` files relative to it) at ``SNAPSHOT_ROOT + path``, tagged
+        ``aikernel-snapshot/<service>:<key>``; returns the tag. With ``detach``, a separate
+        process builds it (the session does not wait; the image appears when done)."""
         import json
         import subprocess
         import sys
-        import tarfile
         import tempfile
 
-        lines = [f"FROM {base_image}"]
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            for n, (path, data) in enumerate(archives.items()):
-                parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
-                name = f"data-{n}.tar"
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-                lines.append(f"ADD {name} {SNAPSHOT_ROOT}{parent.rstrip('/')}/")
-            dockerfile = ("\n".join(lines) + "\n").encode()
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(dockerfile)
-            tar.addfile(info, io.BytesIO(dockerfile))
-        context.seek(0)
         tag = snapshot_tag(service, key)
         labels = {
             LABEL_SNAPSHOT: service,
@@ -777,20 +744,27 @@ class DockerRuntime:
             LABEL_SNAPSHOT_BASE: base_id,
             "pytest-aikernel.version": version,
         }
+        folder = tempfile.mkdtemp(prefix="aikernel-snapshot-")
+        files = {}
+        for n, (path, data) in enumerate(archives.items()):
+            name = os.path.join(folder, f"data-{n}.tar")
+            with open(name, "wb") as fh:
+                fh.write(data)
+            files[path] = name
+        manifest = {
+            "base_image": base_image,
+            "tag": tag,
+            "labels": labels,
+            "archives": files,
+            "exclude": list(exclude),
+            "root": SNAPSHOT_ROOT,
+        }
+        manifest_path = os.path.join(folder, "manifest.json")
+        with open(manifest_path, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh)
         if detach:
-            with tempfile.NamedTemporaryFile(
-                prefix="aikernel-snapshot-", suffix=".tar", delete=False
-            ) as fh:
-                fh.write(context.getvalue())
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pytest_aikernel.runtime.snapbuild",
-                    fh.name,
-                    tag,
-                    json.dumps(labels),
-                ],
+                [sys.executable, "-m", "pytest_aikernel.runtime.snapbuild", manifest_path],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -798,8 +772,10 @@ class DockerRuntime:
                 close_fds=True,
             )
             return tag
+        from .snapbuild import build_from_manifest
+
         try:
-            build_image(self.client, context, tag, labels)
+            build_from_manifest(self.client, manifest_path)
         except Exception as exc:
             raise ServiceError(
                 service, f"{service}: the snapshot image could not be built: {_short(exc)}"
