@@ -736,14 +736,21 @@ class Postgres(Service):
         return tuple(f"pg_wal/{row[0]}" for row in rows)
 
     def snapshot_spec(self, spec: ContainerSpec, root: str) -> ContainerSpec:
-        # the official entrypoint finds an initialised PGDATA there and skips initdb; the data
-        # stays in the image's layer (no copy at start; changed files are copied on write)
+        # the data directory stays on tmpfs (per-test clones are file copies: on the image's
+        # layer they would be disk writes): the seeded files are copied from the image into it,
+        # then the official entrypoint runs, finds an initialised PGDATA and skips initdb
         import dataclasses
 
         return dataclasses.replace(
             spec,
-            env={**spec.env, "PGDATA": root + PGDATA},
-            tmpfs={p: o for p, o in spec.tmpfs.items() if p != PGDATA},
+            entrypoint=(
+                "sh",
+                "-c",
+                'cp -a "$0"/. "$PGDATA"/ && exec docker-entrypoint.sh "$@"',
+                root + PGDATA,
+            ),
+            command=spec.command or ("postgres",),
+            env={**spec.env, "PGDATA": PGDATA},
         )
 
     def snapshot_probe(self, ctx: StackContext, running: Running) -> None:
