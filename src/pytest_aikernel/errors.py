@@ -105,6 +105,11 @@ class ContainerArgumentError(AikernelError, ValueError):
     """
 
 
+class SnapshotUnusable(ServiceError):
+    """A container started from a snapshot does not hold the seeded state (a foreign or broken
+    snapshot image): the stack removes the snapshot and seeds instead."""
+
+
 class FaultError(AikernelError):
     """A fault could not be applied or undone: an unknown toxic, a bad value, a service that is
     not in the stack, ``promote()`` on a primary, an engine operation in external mode, a

@@ -25,6 +25,7 @@ from .errors import (
     ContainerExited,
     ServiceError,
     ServiceStartTimeout,
+    SnapshotUnusable,
     StackStartError,
 )
 from .runtime import ContainerSpec, Running
@@ -379,7 +380,7 @@ class Stack:
                 self._probe_until_ready(
                     svc, running, stop, probe=svc.snapshot_probe, limit=SNAPSHOT_TIMEOUT
                 )
-            except (ContainerExited, ServiceStartTimeout) as exc:
+            except (ContainerExited, ServiceStartTimeout, SnapshotUnusable) as exc:
                 # a corrupt or foreign snapshot: remove it and seed as without one
                 self.runtime.remove([name])
                 self.runtime.remove_image(snapshot.tag)
@@ -534,6 +535,8 @@ class Stack:
             try:
                 check(self._ctx, running)
                 return
+            except SnapshotUnusable:
+                raise
             except Exception as exc:
                 last_error = exc
             now = time.monotonic()

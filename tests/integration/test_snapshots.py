@@ -239,3 +239,27 @@ def test_export_import_round_trip_and_down_removes_them(project, tmp_path: Path)
     text, data = _run(pytester)
     assert f"from snapshot {key}" in text
     assert data["rows"] == [["seed-1"], ["seed-2"]]
+
+
+def test_a_restart_after_a_fault_keeps_the_data_of_a_snapshot_start(project) -> None:
+    """The snapshot copy runs only into an empty data directory: a container started again after
+    kill() keeps what was committed since (not the snapshot's files)."""
+    pytester, _token = project
+    key = _kept(_run(pytester)[0])
+    _wait_image(key)
+    pytester.makepyfile(
+        test_fault="""
+def test_kill(aikernel_postgres):
+    with aikernel_postgres.connect() as conn:
+        conn.execute("INSERT INTO snap.marks VALUES ('committed before the kill')")
+        conn.commit()
+    aikernel_postgres.kill()
+    aikernel_postgres.start()
+    with aikernel_postgres.connect() as conn:
+        rows = [r[0] for r in conn.execute("SELECT mark FROM snap.marks ORDER BY mark")]
+    assert rows == ["committed before the kill", "seed-1", "seed-2"], rows
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_fault.py", timeout=600)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([f"*postgres ready in * from snapshot {key})*"])

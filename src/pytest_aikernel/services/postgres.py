@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
 from .._sql import MetaCommand, Statement, split_sql
-from ..errors import ConfigError, FaultError, ReplicationTimeout, SeedError, ServiceError
+from ..errors import (
+    ConfigError,
+    FaultError,
+    ReplicationTimeout,
+    SeedError,
+    ServiceError,
+    SnapshotUnusable,
+)
 from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD
@@ -738,7 +745,9 @@ class Postgres(Service):
     def snapshot_spec(self, spec: ContainerSpec, root: str) -> ContainerSpec:
         # the data directory stays on tmpfs (per-test clones are file copies: on the image's
         # layer they would be disk writes): the seeded files are copied from the image into it,
-        # then the official entrypoint runs, finds an initialised PGDATA and skips initdb
+        # then the official entrypoint runs, finds an initialised PGDATA and skips initdb. A
+        # failed copy leaves no PG_VERSION: the entrypoint then makes a new, unseeded cluster,
+        # which the snapshot probe (the seeded templates are missing) does not accept
         import dataclasses
 
         return dataclasses.replace(
@@ -746,7 +755,10 @@ class Postgres(Service):
             entrypoint=(
                 "sh",
                 "-c",
-                'cp -a "$0"/. "$PGDATA"/ && exec docker-entrypoint.sh "$@"',
+                # only into an empty data directory: a container started again after a fault
+                # keeps its own data (held on the tmpfs by the keeper)
+                '[ -s "$PGDATA/PG_VERSION" ] || cp -a "$0"/. "$PGDATA"/; '
+                'exec docker-entrypoint.sh "$@"',
                 root + PGDATA,
             ),
             command=spec.command or ("postgres",),
@@ -777,6 +789,21 @@ class Postgres(Service):
         if code != 0:
             raise RuntimeError(f"setting the stack's password failed: {output.strip()[-300:]}")
         self.probe(ctx, running)
+        # a data directory that is not the snapshot's (a copy that failed: the entrypoint then
+        # made a new cluster) has no frozen templates
+        with _probe_connect(USER, password, running, "postgres") as conn:
+            found = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE %s",
+                    ("%" + TEMPLATE_SUFFIX,),
+                ).fetchall()
+            }
+        missing = [db + TEMPLATE_SUFFIX for db in DATABASES if db + TEMPLATE_SUFFIX not in found]
+        if missing:
+            raise SnapshotUnusable(
+                self.name, f"postgres: the snapshot's cluster has no {', '.join(missing)}"
+            )
 
     def probe(self, ctx: StackContext, running: Running) -> None:
         # The official entrypoint's temporary init server listens on the unix socket only, so a
