@@ -510,3 +510,14 @@ def test_bind_address_is_an_ip_address(tmp_path: Path) -> None:
     assert resolve(raw(tmp_path, cli={"bind_address": "[::1]"}), KNOWN).bind_address == "::1"
     with pytest.raises(ConfigError, match=r"--aikernel-bind-address.*'my-host' is not an IP"):
         resolve(raw(tmp_path, cli={"bind_address": "my-host"}), KNOWN)
+
+
+def test_snapshots_on_off(tmp_path: Path) -> None:
+    assert resolve(raw(tmp_path), KNOWN).snapshots is True
+    s = resolve(raw(tmp_path, env={"AIKERNEL_SNAPSHOTS": "off"}), KNOWN)
+    assert (s.snapshots, s.source_of("snapshots")) == (False, "env AIKERNEL_SNAPSHOTS")
+    assert resolve(
+        raw(tmp_path, cli={"snapshots": "on"}, env={"AIKERNEL_SNAPSHOTS": "off"}), KNOWN
+    ).snapshots
+    with pytest.raises(ConfigError, match=r"AIKERNEL_SNAPSHOTS.*expected on or off, got 'maybe'"):
+        resolve(raw(tmp_path, env={"AIKERNEL_SNAPSHOTS": "maybe"}), KNOWN)
