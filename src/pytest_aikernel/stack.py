@@ -700,6 +700,9 @@ class Stack:
                     value.close()
         if self._faults is not None:
             self._faults.close()
+        from .runtime.docker import reap_builders
+
+        reap_builders()
         self.lease.release(self)
 
     # ---- sharing: what other processes need to attach -----------------------------------------

@@ -733,7 +733,6 @@ class DockerRuntime:
         ``aikernel-snapshot/<service>:<key>``; returns the tag. With ``detach``, a separate
         process builds it (the session does not wait; the image appears when done)."""
         import json
-        import subprocess
         import sys
         import tempfile
 
@@ -763,14 +762,21 @@ class DockerRuntime:
         with open(manifest_path, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh)
         if detach:
-            subprocess.Popen(
+            # posix_spawn, not Popen: a Popen object dropped while its child runs warns
+            # (ResourceWarning), which `-W error` turns into a test error
+            devnull = os.devnull
+            pid = os.posix_spawn(
+                sys.executable,
                 [sys.executable, "-m", "pytest_aikernel.runtime.snapbuild", manifest_path],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                close_fds=True,
+                dict(os.environ),
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
+                ],
+                setsid=True,
             )
+            _BUILDERS.append(pid)
             return tag
         from .snapbuild import build_from_manifest
 
@@ -907,6 +913,21 @@ def _published_ports(attrs: dict[str, Any], wanted: Iterable[int]) -> dict[int, 
 def _exposed(attrs: dict[str, Any]) -> list[int]:
     bindings = attrs.get("HostConfig", {}).get("PortBindings") or {}
     return [int(key.split("/")[0]) for key in bindings if key.endswith("/tcp")]
+
+
+#: pids of detached snapshot builders started by this process (reaped when they end)
+_BUILDERS: list[int] = []
+
+
+def reap_builders() -> None:
+    """Collect the detached snapshot builders that have ended (no zombies)."""
+    for pid in list(_BUILDERS):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _BUILDERS.remove(pid)
 
 
 def build_image(
