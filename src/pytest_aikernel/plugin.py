@@ -415,18 +415,12 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
         and session.items
     ):
         _open(config)
-    return (yield)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """End this process's hold on the stack after every fixture is torn down (pytest's own
-    sessionfinish does that first): session fixtures of the user, and after Ctrl-C the fixtures
-    of the interrupted test, still find their services. The session fixture's teardown usually
-    did it already (stop is idempotent)."""
-    stack = session.config.stash.get(stack_key, None)
-    if stack is not None:
-        stack.stop()
+    try:
+        return (yield)
+    finally:
+        stack = config.stash.get(stack_key, None)
+        if stack is not None:
+            stack.stop()
 
 
 @pytest.fixture(scope="session")

@@ -466,33 +466,3 @@ def test_x(aikernel_redis, i):
         errors,
     )
     assert len(pointers) == 2, text
-
-
-def test_ctrl_c_in_a_test_tears_its_fixtures_down_before_the_stack_goes(
-    pytester: pytest.Pytester, docker_api: docker.DockerClient, env: dict[str, str]
-) -> None:
-    """Ctrl-C in the middle of a test: pytest tears the interrupted test's fixtures down at
-    session finish; they still find their services (no wall of "Connection refused"), and the
-    stack is removed after them."""
-    pytester.makepyfile(
-        helper=RECORD,
-        test_interrupted="""
-from helper import record, wait_for
-
-def test_waits(aikernel_redis_db, aikernel_vault_path, aikernel_pg, request):
-    aikernel_redis_db.set("k", "v")
-    record("session", request.getfixturevalue("aikernel_stack").session_id)
-    wait_for("never")
-""",
-    )
-    proc = spawn(pytester)
-    try:
-        session = wait_file("session", proc)
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        stop(proc)
-    assert "KeyboardInterrupt" in output, output
-    for sign in ("Connection refused", "ExceptionGroup", "Error"):
-        assert sign not in output, output
-    assert wait_gone(docker_api, session, timeout=30) == {}
