@@ -26,6 +26,8 @@ STACK_FIXTURE = "aikernel_stack"
 
 settings_key = pytest.StashKey[Settings]()
 wanted_key = pytest.StashKey[frozenset[str]]()
+#: the services one test needs, found at collection
+needs_key = pytest.StashKey[frozenset[str]]()
 stack_key = pytest.StashKey[Stack]()
 docker_error_key = pytest.StashKey[str]()
 #: the first test whose setup reported the failed start in full
@@ -164,6 +166,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     try:
         for item in items:
             needed = _needs(item)
+            item.stash[needs_key] = frozenset(needed)
             if needed:
                 wanted |= needed
                 needing.append(item)
@@ -609,7 +612,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     wrappers, whose teardown then fails.)"""
     stack = item.config.stash.get(stack_key, None)
     if stack is not None and len(stack):
-        needed = _needs(item)
+        # what collection found (the marker and fixtures are read once, not per test)
+        needed = item.stash.get(needs_key, None)
+        if needed is None:
+            needed = frozenset(_needs(item))
         if needed:
             try:
                 stack.faults.begin(item.nodeid, needed)

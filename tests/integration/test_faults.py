@@ -28,6 +28,7 @@ import redis
 from pytest_aikernel.errors import FaultError
 
 from .conftest import containers_of, read_kv
+from .test_lifecycle import RECORD as LIFECYCLE_RECORD
 
 T = TypeVar("T")
 
@@ -342,27 +343,14 @@ def test_bad_fault_arguments_raise_fault_error_and_change_nothing(aikernel_redis
 
 # ---- inner runs ----------------------------------------------------------------------------------
 
-RECORD = """
-import os, pathlib, time
-
-def record(name, value):
-    path = pathlib.Path(os.environ["AIKTEST_OUT"], name)
-    tmp = path.with_name(f".{name}.{os.getpid()}")
-    tmp.write_text(str(value))
-    tmp.replace(path)
-
-def wait_for(name, timeout=60):
-    path = pathlib.Path(os.environ["AIKTEST_OUT"], name)
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"nobody wrote {name}"
-        time.sleep(0.02)
-    return path.read_text()
-
+RECORD = (
+    LIFECYCLE_RECORD
+    + """
 def read_kv(vault, path):
     return vault.client().secrets.kv.v2.read_secret_version(
         path=path, mount_point="secret", raise_on_deleted_version=True)["data"]["data"]
 """
+)
 
 
 @pytest.fixture

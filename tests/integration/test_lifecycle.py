@@ -34,7 +34,10 @@ RECORD = """
 import os, pathlib
 
 def record(name, value):
-    pathlib.Path(os.environ["AIKTEST_OUT"], name).write_text(str(value))
+    path = pathlib.Path(os.environ["AIKTEST_OUT"], name)
+    tmp = path.with_name(f".{name}.{os.getpid()}")
+    tmp.write_text(str(value))
+    tmp.replace(path)  # readers never see a half-written file
 
 def wait_for(name, timeout=120):
     import time

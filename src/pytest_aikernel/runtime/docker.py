@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ContainerExited, DockerUnavailable, ImageUnavailable, ServiceError
 from . import ContainerSpec, Running
+from .engine import LOOPBACK
 
 if TYPE_CHECKING:
     import docker
@@ -40,7 +41,6 @@ SNAPSHOT_FORMAT = 2
 LABEL_SNAPSHOT = "pytest-aikernel.snapshot"
 LABEL_SNAPSHOT_KEY = "pytest-aikernel.snapshot-key"
 LABEL_SNAPSHOT_BASE = "pytest-aikernel.snapshot-base"
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -142,10 +142,12 @@ class Owner:
         return f"pid {self.pid} on {self.host}"
 
 
-def free_loopback_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (for specs that need a fixed host port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
+def free_loopback_port(address: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``address`` of this machine right now (for a fixed host
+    port)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
         return int(sock.getsockname()[1])
 
 
@@ -277,9 +279,7 @@ class DockerRuntime:
         a remote engine, whose ports cannot be checked from here (a taken one is chosen again)."""
         engine = self.engine
         if engine.local:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((engine.bind, 0))
-                return int(sock.getsockname()[1])
+            return free_loopback_port(engine.bind)
         import random
 
         return random.randint(33000, 60000)

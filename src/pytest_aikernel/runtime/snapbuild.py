@@ -39,26 +39,19 @@ def _filtered(path: str, archive: bytes, exclude: set[str]) -> bytes:
 
 
 def build_from_manifest(client: docker.DockerClient, manifest_path: str) -> None:
-    from .docker import build_image
+    from .docker import _tar, build_image
 
     manifest: dict[str, Any] = json.loads(Path(manifest_path).read_text())
     exclude = set(manifest["exclude"])
     lines = [f"FROM {manifest['base_image']}"]
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for n, (path, file) in enumerate(manifest["archives"].items()):
-            data = _filtered(path, Path(file).read_bytes(), exclude)
-            name = f"data-{n}.tar"
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-            parent = path.rstrip("/").rsplit("/", 1)[0]
-            lines.append(f"ADD {name} {manifest['root']}{parent}/")
-        dockerfile = ("\n".join(lines) + "\n").encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    context.seek(0)
+    files: dict[str, tuple[bytes, int]] = {}
+    for n, (path, file) in enumerate(manifest["archives"].items()):
+        name = f"data-{n}.tar"
+        files[name] = (_filtered(path, Path(file).read_bytes(), exclude), 0o644)
+        parent = path.rstrip("/").rsplit("/", 1)[0]
+        lines.append(f"ADD {name} {manifest['root']}{parent}/")
+    files["Dockerfile"] = (("\n".join(lines) + "\n").encode(), 0o644)
+    context = io.BytesIO(_tar(files))
     build_image(client, context, manifest["tag"], manifest["labels"])
 
 
