@@ -246,6 +246,50 @@ OPTIONS = (
         choices=("docker", "external"),
     ),
     Option(
+        field="runtime",
+        cli="--aikernel-runtime",
+        ini="aikernel_runtime",
+        env="AIKERNEL_RUNTIME",
+        metavar="docker|kubernetes",
+        help="where the stack's containers run: the Docker engine, or a Kubernetes cluster "
+        "found as kubectl finds it (KUBECONFIG, ~/.kube/config, in-cluster service account; "
+        "needs pytest-aikernel[kubernetes])",
+        default="docker",
+        choices=("docker", "kubernetes"),
+    ),
+    Option(
+        field="kube_context",
+        cli="--aikernel-kube-context",
+        ini="aikernel_kube_context",
+        env="AIKERNEL_KUBE_CONTEXT",
+        metavar="NAME",
+        help="with --aikernel-runtime kubernetes: the kubeconfig context to use (default: its "
+        "current context)",
+        default="the kubeconfig's current context",
+    ),
+    Option(
+        field="kube_namespace_prefix",
+        cli="--aikernel-kube-namespace-prefix",
+        ini="aikernel_kube_namespace_prefix",
+        env="AIKERNEL_KUBE_NAMESPACE_PREFIX",
+        metavar="PREFIX",
+        help="with --aikernel-runtime kubernetes: each stack runs in a namespace named "
+        "PREFIX-<session> (a DNS label: lower case letters, digits and '-', at most 40 "
+        "characters)",
+        default="aikernel",
+    ),
+    Option(
+        field="jvm_tuning",
+        cli="--aikernel-jvm-tuning",
+        ini="aikernel_jvm_tuning",
+        env="AIKERNEL_JVM_TUNING",
+        metavar="on|off",
+        help="start the JVM services (Elasticsearch, Neo4j, Kafka, ZooKeeper) with the start-up "
+        "settings of docs/services.md (class-data sharing, JIT and feature switches); off "
+        "starts them with their images' own settings",
+        default="on",
+    ),
+    Option(
         field="seed_external",
         cli="--aikernel-seed-external",
         ini="aikernel_seed_external",
@@ -313,6 +357,14 @@ class Settings:
     reuse: bool = False
     mode: Literal["docker", "external"] = "docker"
     seed_external: bool = False
+    #: where the stack's containers run (mode docker); "kubernetes" needs the kubernetes extra
+    runtime: Literal["docker", "kubernetes"] = "docker"
+    #: kubeconfig context (None: the current one)
+    kube_context: str | None = None
+    #: namespaces are <prefix>-<session>
+    kube_namespace_prefix: str = "aikernel"
+    #: JVM start-up settings for Elasticsearch, Neo4j, Kafka and ZooKeeper
+    jvm_tuning: bool = True
     #: where each setting came from ("--aikernel-image", "-o aikernel_images",
     #: "ini aikernel_images (<file>)", "env ...", "default"), for messages that tell the user
     #: which setting to change.
@@ -486,17 +538,49 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
             bind_address = _parse_address(text, src)
             sources["bind_address"] = src
 
-    value, src, _ = pick("snapshots")
-    snapshots = True
+    def on_off(name: str, default: bool) -> bool:
+        value, src, _ = pick(name)
+        if value is None:
+            return default
+        text = _as_str(value).strip().lower()
+        sources[name] = src
+        if text in ("on", "true", "1", "yes"):
+            return True
+        if text in ("off", "false", "0", "no"):
+            return False
+        raise ConfigError(f"{src}: expected on or off, got {_as_str(value)!r}")
+
+    snapshots = on_off("snapshots", True)
+    jvm_tuning = on_off("jvm_tuning", True)
+
+    value, src, _ = pick("runtime")
+    runtime: Literal["docker", "kubernetes"] = "docker"
     if value is not None:
         text = _as_str(value).strip().lower()
-        if text in ("on", "true", "1", "yes"):
-            snapshots = True
-        elif text in ("off", "false", "0", "no"):
-            snapshots = False
-        else:
-            raise ConfigError(f"{src}: expected on or off, got {_as_str(value)!r}")
-        sources["snapshots"] = src
+        if text not in ("docker", "kubernetes"):
+            raise ConfigError(
+                f"{src}: expected 'docker' or 'kubernetes', got {_as_str(value)!r}"
+            )
+        runtime = "kubernetes" if text == "kubernetes" else "docker"
+        sources["runtime"] = src
+
+    value, src, _ = pick("kube_context")
+    kube_context: str | None = None
+    if value is not None and _as_str(value).strip():
+        kube_context = _as_str(value).strip()
+        sources["kube_context"] = src
+
+    value, src, _ = pick("kube_namespace_prefix")
+    kube_namespace_prefix = "aikernel"
+    if value is not None:
+        text = _as_str(value).strip()
+        if not _DNS_PREFIX.match(text):
+            raise ConfigError(
+                f"{src}: {text!r} is not a namespace prefix: use lower case letters, digits "
+                "and '-', starting with a letter, at most 40 characters"
+            )
+        kube_namespace_prefix = text
+        sources["kube_namespace_prefix"] = src
 
     value, src, _ = pick("fault_wait")
     fault_wait = 300.0
@@ -606,10 +690,15 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         reuse=boolean("reuse"),
         mode=mode,
         seed_external=boolean("seed_external"),
+        runtime=runtime,
+        kube_context=kube_context,
+        kube_namespace_prefix=kube_namespace_prefix,
+        jvm_tuning=jvm_tuning,
         sources=sources,
     )
 
 
+_DNS_PREFIX = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 _SIZE = re.compile(r"^[1-9][0-9]*[kmg]?$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _JOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
