@@ -510,6 +510,12 @@ class _Hub:
             from .stack import StackEvent
 
             stack = self.stack
+            if stack.runtime.kind != "docker":
+                raise AikernelError(
+                    "services under test (aikernel_container) need the Docker runtime; this "
+                    "run uses --aikernel-runtime kubernetes (deploy the service to the stack's "
+                    f"namespace yourself, {stack.runtime.network_name}, or run with docker)"
+                )
             stack.runtime.client  # noqa: B018 - DockerUnavailable here, before anything else
             why = reaper.register({LABEL_SESSION: self.session_id})
             if stack.lease.kind == "plain":

@@ -48,13 +48,11 @@ from . import services as registry_mod
 from .errors import AikernelError, DockerUnavailable, StackStartError
 from .runtime import reaper
 from .runtime.docker import (
-    LABEL_SERVICE,
     LABEL_SESSION,
     Owner,
     docker_client,
     remove_by_labels,
     remove_service,
-    sweep_dead_sessions,
 )
 from .services.base import SeedLedger
 from .settings import Settings
@@ -132,7 +130,7 @@ class Lease(ABC):
         if not self._first:
             return
         self._first = False
-        swept = sweep_dead_sessions(stack.runtime.client)
+        swept = stack.runtime.sweep_dead()
         if swept:
             stack.emit(StackEvent("swept", detail=", ".join(swept)))
 
@@ -162,9 +160,10 @@ class PlainLease(Lease):
                 self._sweep_once(stack)
             except DockerUnavailable as exc:
                 raise StartFailed(f"pytest-aikernel: {exc}") from None
-            why = reaper.register({LABEL_SESSION: stack.session_id})
-            if why and not reaper.disabled_reason():
-                stack.emit(StackEvent("note", detail=reaper.status()))
+            if stack.runtime.kind == "docker":  # on Kubernetes the forwarder watches the owner
+                why = reaper.register({LABEL_SESSION: stack.session_id})
+                if why and not reaper.disabled_reason():
+                    stack.emit(StackEvent("note", detail=reaper.status()))
         _start(stack, names)
 
     def release(self, stack: Stack) -> None:
@@ -278,17 +277,7 @@ class XdistLease(Lease):
         """Containers of this run that the state does not know were left by a worker that died
         while starting them (it held the lock, which the kernel released): remove them, or their
         names would block the start."""
-        known = {r["container_id"] for r in stack.records().values()}
-        client = stack.runtime.client
-        for container in client.containers.list(
-            all=True, ignore_removed=True, filters={"label": f"{LABEL_SESSION}={stack.session_id}"}
-        ):
-            # "container:<name>" (services under test), "keeper:<service>" (tmpfs keepers)
-            if container.id not in known and ":" not in str(
-                container.labels.get(LABEL_SERVICE, "")
-            ):
-                with contextlib.suppress(Exception):
-                    container.remove(force=True, v=True)
+        stack.runtime.remove_orphans(r["container_id"] for r in stack.records().values())
 
     def _write(self, stack: Stack, state: Mapping[str, Any] | None) -> None:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "")
@@ -322,13 +311,17 @@ class XdistLease(Lease):
         stack.runtime.detach()  # the controller removes the stack once every worker is done
 
 
-def remove_xdist_stack(share: XdistShare) -> int:
+def remove_xdist_stack(share: XdistShare, settings: Settings | None = None) -> int:
     """The controller's teardown: remove every container of the run's shared stack."""
     from .shared import LOCK
 
     folder = Path(share.folder)
     if not (folder / LOCK).exists():  # no worker went for the stack
         return 0
+    if settings is not None and settings.runtime == "kubernetes":
+        from .runtime.kubernetes import remove_session
+
+        return remove_session(settings.kube_context, share.session_id)
     try:
         client = docker_client(timeout=30)
     except DockerUnavailable:
@@ -366,9 +359,12 @@ def install_id() -> str:
     return path.read_text(encoding="ascii").strip()
 
 
-def project_id(rootdir: Path) -> str:
-    """The reused stack's identity: this cache folder's install id and the project's rootdir."""
+def project_id(rootdir: Path, settings: Settings | None = None) -> str:
+    """The reused stack's identity: this cache folder's install id, the project's rootdir and,
+    on Kubernetes, the runtime and its context (a stack on a cluster is another stack)."""
     text = f"{install_id()}\0{rootdir.resolve()}"
+    if settings is not None and settings.runtime == "kubernetes":
+        text += f"\0kubernetes\0{settings.kube_context or ''}\0{settings.kube_namespace_prefix}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -501,9 +497,9 @@ class ReuseLease(Lease):
 
     kind = "reuse"
 
-    def __init__(self, rootdir: Path) -> None:
+    def __init__(self, rootdir: Path, settings: Settings | None = None) -> None:
         super().__init__()
-        self.project = project_id(rootdir)
+        self.project = project_id(rootdir, settings)
         self.folder = cache_dir() / "reuse" / self.project
         self.session_id = f"r{self.project}"
         self.leases = Leases(self.folder)
@@ -587,6 +583,7 @@ class ReuseLease(Lease):
                         "project": self.project,
                         "secrets": stack.secrets.export(),
                         "services": records,
+                        "runtime": stack.runtime.describe(),
                     },
                 )
                 # every service this process uses is held, also after a failed grow
@@ -602,10 +599,7 @@ class ReuseLease(Lease):
         fault_folder = self.fault_folder(stack)
         if fault_folder is None or not (fault_folder / f"{name}.fault").exists():
             return False
-        try:
-            container = stack.runtime.client.containers.get(str(record["container_id"]))
-            container.start()
-        except Exception:
+        if not stack.runtime.start_container(str(record["container_id"])):
             return False
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -627,12 +621,11 @@ class ReuseLease(Lease):
                     f"the reused {service} must be replaced ({why}), but it is in use by "
                     f"{', '.join(holders)}"
                 )
-        client = stack.runtime.client
         for service in sorted(doomed):
             record = records.pop(service, None)
             if record is None:
                 continue
-            remove_service(client, self.session_id, service, str(record["container_id"]))
+            stack.runtime.remove_service(service, str(record["container_id"]))
         stack.emit(StackEvent("replaced", detail=f"{', '.join(sorted(doomed))}: {why}"))
 
     def _remove_orphans(
@@ -640,15 +633,8 @@ class ReuseLease(Lease):
     ) -> None:
         """A container of this project that the state does not know (its state file was lost)
         would block the name of a service to start: remove it, unless someone holds it."""
-        import docker.errors
-
-        client = stack.runtime.client
         for name in stack.missing(names):
-            if name in records:
-                continue
-            try:
-                orphan = client.containers.get(stack.runtime.container_name(name))
-            except docker.errors.NotFound:
+            if name in records or not stack.runtime.find(name):
                 continue
             holders = self.leases.holders(name)
             if holders:
@@ -657,7 +643,7 @@ class ReuseLease(Lease):
                     f"{', '.join(holders)}"
                 )
             with contextlib.suppress(Exception):
-                orphan.remove(force=True, v=True)
+                stack.runtime.remove_service(name, "")
             stack.emit(StackEvent("replaced", detail=f"{name}: its state was lost"))
 
     def fault_folder(self, stack: Stack) -> Path | None:
@@ -698,7 +684,24 @@ def remove_reused(folder: Path, *, force: bool) -> tuple[list[str], dict[str, li
         # a held service keeps what it depends on
         keep = registry_mod.closure(held)
         doomed = [n for n in records if n not in keep]
-        if doomed:
+        runtime = state.get("runtime") or {}
+        if doomed and runtime.get("kind") == "kubernetes":
+            from .runtime.kubernetes import KubernetesRuntime
+
+            kube = KubernetesRuntime(
+                f"r{state.get('project', '')}",
+                context=runtime.get("context"),
+                prefix=str(runtime.get("prefix", "aikernel")),
+                reused=True,
+            )
+            if set(doomed) == set(records):
+                kube.close()  # the namespace, with everything in it
+            else:
+                kube.remove(doomed)
+            for name in doomed:
+                records.pop(name)
+                removed.append(name)
+        elif doomed:
             client = docker_client()
             try:
                 for name in doomed:
@@ -725,7 +728,7 @@ def choose(settings: Settings, *, xdist: XdistShare | None, rootdir: Path) -> Le
     if settings.mode == "external":
         return ExternalLease(Path(xdist.folder) if xdist is not None else None)
     if settings.reuse:
-        return ReuseLease(rootdir)
+        return ReuseLease(rootdir, settings)
     if xdist is not None:
         return XdistLease(xdist)
     return PlainLease()

@@ -82,6 +82,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if settings is None:
         return []
     lines = []
+    if settings.runtime == "kubernetes" and settings.mode != "external":
+        return _kubernetes_header(settings)
     try:
         from .runtime.docker import docker_client, engine_of
 
@@ -113,6 +115,36 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
             lines.append(f"aikernel: {reaper.status()}")
     return lines
+
+
+def _kubernetes_header(settings: Settings) -> list[str]:
+    from .runtime.kubernetes import KubernetesRuntime
+
+    runtime = KubernetesRuntime("header", context=settings.kube_context)
+    try:
+        version = runtime.engine_version()
+        cluster = runtime.engine
+    except DockerUnavailable as exc:
+        return [f"aikernel: {exc}"]
+    except Exception as exc:
+        return [f"aikernel: Kubernetes: {type(exc).__name__}: {exc}"]
+    return [
+        f"aikernel: {cluster.describe()}, server {version}",
+        f"aikernel: a namespace {settings.kube_namespace_prefix}-<session> per stack; a killed "
+        "run's namespace is deleted by its port-forwarder, or by the next run",
+    ]
+
+
+def _runtime_answers(settings: Settings) -> None:
+    """DockerUnavailable (or KubernetesUnavailable) when the runtime cannot be reached."""
+    if settings.runtime == "kubernetes":
+        from .runtime.kubernetes import KubernetesRuntime
+
+        KubernetesRuntime("check", context=settings.kube_context).client  # noqa: B018
+        return
+    from .runtime.docker import docker_client
+
+    docker_client(timeout=5).close()
 
 
 # ---- collection: which services the selected tests need -----------------------------------------
@@ -175,10 +207,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config.stash[wanted_key] = registry_mod.closure(wanted)
     if not needing or config.stash[settings_key].mode == "external":
         return
-    from .runtime.docker import docker_client
-
     try:
-        docker_client(timeout=5).close()
+        _runtime_answers(config.stash[settings_key])
     except DockerUnavailable as exc:
         settings = config.stash[settings_key]
         opt = OPTIONS_BY_FIELD["docker_missing"]
@@ -262,6 +292,9 @@ def _watch_for_ryuk(config: pytest.Config, share: XdistShare) -> None:
                 reaper.register({LABEL_SESSION: share.session_id})
                 return
 
+    settings = config.stash.get(settings_key, None)
+    if settings is not None and settings.runtime == "kubernetes":
+        return  # the stack's port-forwarder deletes a killed run's namespace
     if not reaper.disabled_reason():
         threading.Thread(target=watch, name="aikernel-ryuk-watch", daemon=True).start()
 
@@ -313,7 +346,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         done.set()
     # reuse and external runs have no run stack, unless a held reused service made the workers
     # fall back to one: removing by the run's session label is right in every case
-    remove_xdist_stack(share)
+    remove_xdist_stack(share, config.stash.get(settings_key, None))
     shutil.rmtree(share.folder, ignore_errors=True)
 
 

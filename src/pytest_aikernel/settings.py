@@ -558,9 +558,7 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
     if value is not None:
         text = _as_str(value).strip().lower()
         if text not in ("docker", "kubernetes"):
-            raise ConfigError(
-                f"{src}: expected 'docker' or 'kubernetes', got {_as_str(value)!r}"
-            )
+            raise ConfigError(f"{src}: expected 'docker' or 'kubernetes', got {_as_str(value)!r}")
         runtime = "kubernetes" if text == "kubernetes" else "docker"
         sources["runtime"] = src
 

@@ -19,12 +19,12 @@ LOCK = "stack.lock"
 
 
 @contextlib.contextmanager
-def locked(folder: Path, timeout: float = 900.0) -> Iterator[None]:
+def locked(folder: Path, timeout: float = 900.0, name: str = LOCK) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (blocking up to ``timeout`` s; POSIX flock)."""
     import fcntl
 
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -34,7 +34,7 @@ def locked(folder: Path, timeout: float = 900.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
-                        f"pytest-aikernel: waited {timeout:.0f} s for the lock {folder / LOCK}"
+                        f"pytest-aikernel: waited {timeout:.0f} s for the lock {folder / name}"
                     ) from None
                 time.sleep(0.05)
         try:

@@ -37,6 +37,10 @@ from .settings import OPTIONS_BY_FIELD, Settings, env_name_for_image
 if TYPE_CHECKING:
     from .faults import FaultBook
     from .lease import Lease
+    from .runtime.kubernetes import KubernetesRuntime
+
+    #: where a stack's containers run
+    Runtime = DockerRuntime | KubernetesRuntime
 
 #: readiness probes are retried this often (seconds)
 POLL_INTERVAL = 0.05
@@ -58,6 +62,37 @@ class StackHooks:
     #: the user implements ``pytest_aikernel_ready`` or ``pytest_aikernel_container``: what
     #: they do cannot be part of a snapshot's key, so no snapshot is made or used
     custom: bool = False
+
+
+def make_runtime(
+    settings: Settings,
+    session_id: str,
+    *,
+    owner: Owner | None = None,
+    extra_labels: Mapping[str, str] | None = None,
+    network: str | None = None,
+) -> Runtime:
+    """The runtime the settings ask for (``--aikernel-runtime``)."""
+    if settings.runtime == "kubernetes" and settings.mode != "external":
+        from .runtime.kubernetes import KubernetesRuntime
+
+        return KubernetesRuntime(
+            session_id,
+            owner=owner,
+            extra_labels=extra_labels,
+            context=settings.kube_context,
+            prefix=settings.kube_namespace_prefix,
+            startup_timeout=settings.startup_timeout,
+            reused=owner is not None and owner.host == "reuse",
+        )
+    return DockerRuntime(
+        session_id,
+        owner=owner,
+        extra_labels=extra_labels,
+        network=network,
+        bind=settings.bind_address,
+        bind_source=settings.source_of("bind_address"),
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +135,7 @@ class Stack:
         self,
         settings: Settings,
         *,
-        runtime: DockerRuntime | None = None,
+        runtime: Runtime | None = None,
         on_event: Callable[[StackEvent], None] | None = None,
         session_id: str | None = None,
         owner: Owner | None = None,
@@ -114,13 +149,8 @@ class Stack:
         self.settings = settings
         self.hooks = hooks or StackHooks()
         self.session_id = session_id or new_session_id()
-        self.runtime = runtime or DockerRuntime(
-            self.session_id,
-            owner=owner,
-            extra_labels=extra_labels,
-            network=network,
-            bind=settings.bind_address,
-            bind_source=settings.source_of("bind_address"),
+        self.runtime: Runtime = runtime or make_runtime(
+            settings, self.session_id, owner=owner, extra_labels=extra_labels, network=network
         )
         #: who holds this stack: decides how it grows and what stop() removes
         self.lease: Lease = lease or PlainLease()

@@ -233,6 +233,8 @@ class DockerRuntime:
     that happened to create them.
     """
 
+    kind = "docker"
+
     def __init__(
         self,
         session_id: str,
@@ -864,6 +866,52 @@ class DockerRuntime:
                 continue
             with contextlib.suppress(Exception):
                 raw.remove(force=True, v=True)
+
+    # ---- what leases ask of a runtime --------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What ``aikernel down`` needs to find this runtime's stack again."""
+        return {"kind": "docker"}
+
+    def sweep_dead(self) -> list[str]:
+        """Remove what sessions of dead processes left on the engine; their session ids."""
+        return sweep_dead_sessions(self.client)
+
+    def remove_orphans(self, known: Iterable[str]) -> None:
+        """Remove containers of this session whose ids ``known`` lacks (a worker died while
+        starting them), except services under test and keepers."""
+        ids = set(known)
+        for container in self.client.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"{LABEL_SESSION}={self.session_id}"}
+        ):
+            # "container:<name>" (services under test), "keeper:<service>" (tmpfs keepers)
+            if container.id not in ids and ":" not in str(container.labels.get(LABEL_SERVICE, "")):
+                with contextlib.suppress(Exception):
+                    container.remove(force=True, v=True)
+
+    def find(self, service: str) -> bool:
+        """Whether a container of ``service`` exists under this session's name."""
+        import docker.errors
+
+        try:
+            self.client.containers.get(self.container_name(service))
+        except docker.errors.NotFound:
+            return False
+        return True
+
+    def remove_service(self, service: str, container_id: str) -> None:
+        """Remove ``service``'s container (by id, else by name), its keeper and volumes."""
+        remove_service(
+            self.client, self.session_id, service, container_id or self.container_name(service)
+        )
+
+    def start_container(self, container_id: str) -> bool:
+        """``docker start`` of a stopped container by id (False when it cannot be)."""
+        try:
+            self.client.containers.get(container_id).start()
+        except Exception:
+            return False
+        return True
 
     def close(self) -> None:
         """Remove every container of this runtime's session and its network."""

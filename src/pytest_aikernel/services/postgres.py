@@ -79,6 +79,17 @@ _HBA_REPLICATION = b"""#!/bin/sh
 echo "host replication all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
 """
 _REPLICA_SCRIPT = """set -e
+if [ "$(id -u)" = 0 ]; then
+  # started as root (a pod's user must be numeric, and the postgres uid differs between
+  # images): become postgres as the official entrypoint does, with gosu (su-exec on alpine)
+  for tool in gosu su-exec; do
+    if command -v "$tool" >/dev/null 2>&1; then
+      exec "$tool" postgres sh -c "$AIKERNEL_REPLICA_SCRIPT" "$0" "$@"
+    fi
+  done
+  echo "pytest-aikernel: neither gosu nor su-exec in the image to become postgres" >&2
+  exit 1
+fi
 mkdir -p "$PGDATA"
 chmod 700 "$PGDATA"
 tries=0
@@ -969,9 +980,9 @@ class PostgresReplica(Service):
                 "PGDATA": f"{PGDATA}/replica",
                 "AIKERNEL_PRIMARY_HOST": ctx.running["postgres"].internal_host,
                 "AIKERNEL_PRIMARY_PORT": str(PORT),
+                "AIKERNEL_REPLICA_SCRIPT": _REPLICA_SCRIPT,
             },
             ports=(PORT,),
-            user="postgres",
             entrypoint=("sh", "-c", _REPLICA_SCRIPT, "aikernel-replica"),
             command=(
                 *FAST_FLAGS,
