@@ -236,8 +236,83 @@ def _kind(container: Any) -> str:
     return f"{state} session of {owner.describe()}"
 
 
+def _kube_api(args: argparse.Namespace) -> Any:
+    from .runtime.kubernetes import KubernetesRuntime
+
+    return KubernetesRuntime("cli", context=args.kube_context).client
+
+
+def _kube_kind(annotations: dict[str, str]) -> str:
+    from .lease import LABEL_REUSE
+    from .runtime.docker import LABEL_OWNER, Owner
+
+    owner = Owner.parse(annotations.get(LABEL_OWNER, ""))
+    if owner is None or owner.host == "reuse" or LABEL_REUSE in annotations:
+        return "reused"
+    return f"{'dead' if owner.is_dead() else 'live'} session of {owner.describe()}"
+
+
+def _kube_status(args: argparse.Namespace) -> int:
+    from .runtime.docker import LABEL_SERVICE
+    from .runtime.kubernetes import LABEL_MANAGED, MANAGER
+
+    api = _kube_api(args)
+    spaces = api.list_namespace(label_selector=f"{LABEL_MANAGED}={MANAGER}").items
+    if not spaces:
+        print("no pytest-aikernel stack on this cluster")
+        return 0
+    for ns in spaces:
+        meta = ns.metadata
+        gone = " (being deleted)" if meta.deletion_timestamp is not None else ""
+        created = meta.creation_timestamp.isoformat() if meta.creation_timestamp else ""
+        kind = _kube_kind(dict(meta.annotations or {}))
+        print(f"namespace {meta.name}: {kind}, up {_age(created[:19])}{gone}")
+        for pod in api.list_namespaced_pod(meta.name).items:
+            service = (pod.metadata.labels or {}).get(LABEL_SERVICE, pod.metadata.name)
+            print(f"  {service:18s} {pod.status.phase or '?':8s} {pod.status.pod_ip or ''}")
+    return 0
+
+
+def _kube_down(args: argparse.Namespace) -> tuple[int, int]:
+    """Delete namespaces of dead sessions (live ones with --all, reused ones with --force):
+    (namespaces removed, kept)."""
+    from .runtime.kubernetes import LABEL_MANAGED, MANAGER, delete_namespace
+
+    api = _kube_api(args)
+    removed = kept = 0
+    for ns in api.list_namespace(label_selector=f"{LABEL_MANAGED}={MANAGER}").items:
+        meta = ns.metadata
+        if meta.deletion_timestamp is not None:
+            continue
+        kind = _kube_kind(dict(meta.annotations or {}))
+        if kind == "reused":
+            if not args.force:
+                kept += 1
+                print(
+                    f"kept reused namespace {meta.name}: `aikernel down` in its project, or "
+                    "--force",
+                    file=sys.stderr,
+                )
+                continue
+        elif not (kind.startswith("dead") or args.all):
+            continue
+        if delete_namespace(api, str(meta.name)):
+            removed += 1
+            print(f"removed namespace {meta.name} ({kind})", file=sys.stderr)
+    return removed, kept
+
+
+def _runtime_of(args: argparse.Namespace) -> str:
+    import os
+
+    return str(args.runtime or os.environ.get("AIKERNEL_RUNTIME") or "docker").lower()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .runtime.docker import LABEL_SERVICE, docker_client
+
+    if _runtime_of(args) == "kubernetes":
+        return _kube_status(args)
 
     client = docker_client()
     try:
@@ -377,6 +452,14 @@ def cmd_down(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         _remove_empty(folder)
+    if _runtime_of(args) == "kubernetes":
+        gone_ns, kept_ns = _kube_down(args)
+        print(
+            f"aikernel: removed {removed} reused services and {gone_ns} namespaces"
+            + (f", kept {kept + kept_ns} in use" if kept + kept_ns else ""),
+            file=sys.stderr,
+        )
+        return 0
     client = docker_client()
     try:
         if args.snapshots:
@@ -437,6 +520,24 @@ def _remove_empty(folder: Path) -> None:
             folder.rmdir()
 
 
+def _add_runtime(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    parser.add_argument(
+        "--runtime",
+        choices=("docker", "kubernetes"),
+        default=None,
+        help="the stacks of the Docker engine or of a Kubernetes cluster (default: env "
+        "AIKERNEL_RUNTIME, else docker)",
+    )
+    parser.add_argument(
+        "--kube-context",
+        default=os.environ.get("AIKERNEL_KUBE_CONTEXT") or None,
+        metavar="NAME",
+        help="the kubeconfig context (default: env AIKERNEL_KUBE_CONTEXT, else the current one)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="aikernel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -475,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="list the stacks on this engine",
         description="List pytest-aikernel stacks: services, ports, age.",
     )
+    _add_runtime(status)
     status.set_defaults(func=cmd_status)
     down = sub.add_parser(
         "down",
@@ -495,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also remove the snapshot images (those no container uses)",
     )
+    _add_runtime(down)
     down.set_defaults(func=cmd_down)
     snaps = sub.add_parser(
         "snapshots",

@@ -29,6 +29,9 @@ class ContainerSpec:
     files: Mapping[str, tuple[bytes, int]] = field(default_factory=dict)
     #: extra /etc/hosts entries, e.g. {"host.docker.internal": "host-gateway"}
     extra_hosts: Mapping[str, str] = field(default_factory=dict)
+    #: memory the service needs (MiB), from its settings (heap sizes): a Kubernetes pod's
+    #: memory request; None for services without a memory setting
+    memory_mb: int | None = None
 
 
 @dataclass(frozen=True)

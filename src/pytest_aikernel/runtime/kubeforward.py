@@ -151,6 +151,8 @@ class Forwarder:
         self.listeners: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
         self.routes_mtime = 0.0
         self.stop = threading.Event()
+        #: the namespace is gone (or deleted here): the folder goes with the forwarder
+        self.gone = False
 
     # ---- routes -------------------------------------------------------------------------------
 
@@ -254,11 +256,12 @@ class Forwarder:
                     log(self.folder, f"owner {self.owner} is dead: deleting {self.namespace}")
                     with contextlib.suppress(Exception):
                         api.delete_namespace(self.namespace, grace_period_seconds=0)
+                    self.gone = True
                     break
             if now >= next_ns:
                 next_ns = now + NAMESPACE_POLL
                 if self.namespace_gone(api):
-                    log(self.folder, f"namespace {self.namespace} is gone")
+                    self.gone = True
                     break
             self.stop.wait(ROUTES_POLL)
         for sock, _ in self.listeners.values():
@@ -266,7 +269,14 @@ class Forwarder:
                 sock.close()
         with contextlib.suppress(OSError):
             (self.folder / "listening.json").unlink()
-        log(self.folder, "forwarder ends")
+        if not self.gone:  # stopped by SIGTERM: after its stack deleted the namespace?
+            self.gone = self.namespace_gone(api)
+        if self.gone:  # nothing will route here again
+            import shutil
+
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            log(self.folder, "forwarder ends")
         return 0
 
 

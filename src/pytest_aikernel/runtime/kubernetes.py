@@ -416,6 +416,8 @@ class KubernetesRuntime:
             container["command"] = list(spec.entrypoint)
         if spec.command is not None:
             container["args"] = list(spec.command)
+        if spec.memory_mb is not None:
+            container["resources"] = {"requests": {"memory": f"{spec.memory_mb}Mi"}}
         if spec.user is not None:
             uid, _, gid = spec.user.partition(":")
             if not uid.isdigit() or (gid and not gid.isdigit()):
@@ -453,6 +455,16 @@ class KubernetesRuntime:
             "volumes": volumes,
         }
         aliases = self._host_aliases(service)
+        for name, address in sorted(spec.extra_hosts.items()):
+            if address == "host-gateway":
+                raise ServiceError(
+                    service,
+                    f"{service}: it must reach the machine that runs pytest ({name}), which a "
+                    "pod on Kubernetes cannot (e.g. a --aikernel-prometheus-scrape target on "
+                    "127.0.0.1): scrape an address the cluster reaches, or use --aikernel-runtime "
+                    "docker",
+                )
+            aliases.append({"ip": address, "hostnames": [name]})
         if aliases:
             pod_spec["hostAliases"] = aliases
         return {

@@ -1,0 +1,319 @@
+"""The stack on Kubernetes: a single-node cluster built and started by ``tests/k8s/cluster``
+(its own containerd, no Docker), the stand-in images imported into it. The foundation tests,
+per-test fixtures under xdist, Kafka through its advertised forward, reuse, a killed run's
+namespace and an unschedulable pod run with ``--aikernel-runtime kubernetes``; none of them
+may leave a container on the Docker engine or a namespace on the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from .test_in_container import SELECTION
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "tests" / "k8s" / "cluster"
+LABEL = "pytest-aikernel.session"
+
+
+def _missing() -> str:
+    if os.geteuid() != 0:
+        return "root (the cluster makes a bridge, network namespaces and cgroups)"
+    for tool in ("containerd", "runc", "ip", "openssl"):
+        if shutil.which(tool) is None:
+            return f"the {tool} command"
+    if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
+        return "Go (to build the cluster's binaries)"
+    if not Path("/usr/lib/cni/bridge").exists():
+        return "the CNI plugins (Debian package containernetworking-plugins)"
+    if not os.environ.get("AIKERNEL_IMAGE_POSTGRES"):
+        return "the stand-in images (AIKERNEL_IMAGE_* from tests/images/build)"
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError:
+        return "the kubernetes client (pip install 'pytest-aikernel[kubernetes]')"
+    return ""
+
+
+pytestmark = pytest.mark.skipif(
+    bool(_missing()), reason=f"a Kubernetes cluster here needs {_missing()}"
+)
+
+
+@pytest.fixture(scope="module")
+def kube() -> Iterator[dict[str, str]]:
+    """The environment of inner runs on the cluster (KUBECONFIG, the runtime setting)."""
+    running = (
+        subprocess.run(
+            [str(CLUSTER), "status"], capture_output=True, timeout=120, check=False
+        ).returncode
+        == 0
+    )
+    began = time.monotonic()
+    up = subprocess.run(
+        [str(CLUSTER), "up"], capture_output=True, text=True, timeout=3600, check=False
+    )
+    assert up.returncode == 0, up.stderr[-4000:]
+    match = re.search(r"^export KUBECONFIG=(\S+)$", up.stdout, re.MULTILINE)
+    assert match is not None, up.stdout
+    print(f"cluster up in {time.monotonic() - began:.1f} s")
+    env = dict(os.environ)
+    env["KUBECONFIG"] = match.group(1)
+    env["AIKERNEL_RUNTIME"] = "kubernetes"
+    yield env
+    if not running:  # a cluster that ran before this module stays
+        subprocess.run([str(CLUSTER), "down"], capture_output=True, timeout=300, check=False)
+
+
+def _api(env: dict[str, str]) -> Any:
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(
+        config_file=env["KUBECONFIG"], client_configuration=cfg, persist_config=False
+    )
+    return client.CoreV1Api(client.ApiClient(cfg))
+
+
+def _namespaces(env: dict[str, str], session: str) -> list[str]:
+    """Namespaces of ``session`` that are not being deleted."""
+    items = _api(env).list_namespace(label_selector=f"{LABEL}={session}").items
+    return [n.metadata.name for n in items if n.metadata.deletion_timestamp is None]
+
+
+def _gone(env: dict[str, str], session: str, within: float = 60.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not _namespaces(env, session):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _docker_containers(session: str) -> list[str]:
+    try:
+        client = docker.DockerClient(base_url="unix:///var/run/docker.sock")
+    except Exception:
+        return []
+    try:
+        return [
+            c.name
+            for c in client.containers.list(all=True, filters={"label": f"{LABEL}={session}"})
+        ]
+    finally:
+        client.close()
+
+
+def _pytest(
+    env: dict[str, str], *args: str, cwd: Path = ROOT, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _session(text: str) -> str:
+    found = re.search(r"session (\w+)", text)
+    assert found is not None, text[-3000:]
+    return found.group(1)
+
+
+def test_foundation_tests_pass_on_kubernetes(kube: dict[str, str]) -> None:
+    done = _pytest(kube, *SELECTION)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-6000:]
+    assert re.search(r"aikernel: Kubernetes https://\S+ \(context ", text), text[:3000]
+    assert " failed" not in text and re.search(r"\b\d+ passed\b", text), text[-3000:]
+    session = _session(text)
+    assert _docker_containers(session) == [], "the Docker engine got containers"
+    assert _gone(kube, session), f"the namespace of session {session} is still there"
+
+
+SUITE = """
+import pytest
+
+def test_clone(aikernel_pg, aikernel_redis_db):
+    aikernel_pg.execute("CREATE TABLE t (x int)")
+    aikernel_pg.execute("INSERT INTO t VALUES (1)")
+    aikernel_redis_db.set("k", "v")
+    assert aikernel_redis_db.dbsize() == 1
+    assert aikernel_pg.execute("SELECT count(*) FROM t").fetchone() == (1,)
+
+def test_other_clone(aikernel_pg, aikernel_redis_db):
+    assert aikernel_pg.execute(
+        "SELECT count(*) FROM pg_tables WHERE tablename = 't'"
+    ).fetchone() == (0,)
+    assert aikernel_redis_db.dbsize() == 0
+
+def test_replica_streams(aikernel_postgres_replica):
+    with aikernel_postgres_replica.connect("postgres") as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+def test_an_engine_fault_is_a_clear_error(aikernel_redis):
+    with pytest.raises(Exception) as info:
+        aikernel_redis.kill()
+    assert "needs the Docker runtime" in str(info.value)
+    assert "--aikernel-runtime docker" in str(info.value)
+"""
+
+
+def test_xdist_per_test_fixtures_and_faults_on_kubernetes(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "test_kube_suite.py").write_text(SUITE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    done = _pytest(kube, "-p", "no:cacheprovider", "-n", "2", cwd=tmp_path)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-6000:]
+    assert "4 passed" in text, text[-3000:]
+    session = _session(text)
+    assert _docker_containers(session) == []
+    assert _gone(kube, session), f"the namespace of session {session} is still there"
+
+
+def test_kafka_advertises_its_forward(kube: dict[str, str]) -> None:
+    done = _pytest(
+        kube,
+        "tests/integration/test_data_services.py",
+        "-k",
+        "topic_from_settings or produced_and_consumed",
+        "-p",
+        "no:cacheprovider",
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-6000:]
+    assert "2 passed" in text, text[-3000:]
+
+
+def test_reuse_keeps_the_namespace_and_down_removes_it(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**kube, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    (tmp_path / "test_reuse.py").write_text(
+        "def test_pg(aikernel_postgres):\n"
+        "    with aikernel_postgres.connect('postgres') as conn:\n"
+        "        assert conn.execute('SELECT 1').fetchone() == (1,)\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    first = _pytest(env, "-p", "no:cacheprovider", "--aikernel-reuse", cwd=tmp_path)
+    text = first.stdout + first.stderr
+    assert first.returncode == 0, text[-6000:]
+    session = _session(text)
+    assert _namespaces(kube, session), "the reused namespace was removed"
+    began = time.monotonic()
+    second = _pytest(env, "-p", "no:cacheprovider", "--aikernel-reuse", cwd=tmp_path)
+    text2 = second.stdout + second.stderr
+    assert second.returncode == 0, text2[-6000:]
+    assert "reused" in text2 and "postgres" in text2, text2[-3000:]
+    print(f"second (reused) run: {time.monotonic() - began:.1f} s")
+    down = subprocess.run(
+        [sys.executable, "-m", "pytest_aikernel", "down"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert "postgres" in down.stderr, down.stderr
+    assert _gone(kube, session), "aikernel down left the reused namespace"
+
+
+KILLED = """
+import os, signal, time
+
+def test_wait(aikernel_redis, tmp_path_factory):
+    print("READY", flush=True)
+    open(os.environ["AIKERNEL_TEST_MARK"], "w").write("up")
+    time.sleep(600)
+"""
+
+
+def test_a_killed_runs_namespace_is_deleted(kube: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "test_killed.py").write_text(KILLED)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    mark = tmp_path / "mark"
+    env = {**kube, "AIKERNEL_TEST_MARK": str(mark)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not mark.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert mark.exists(), "the inner run did not get its stack"
+        api = _api(kube)
+        live = [
+            n.metadata.name
+            for n in api.list_namespace(label_selector=LABEL).items
+            if n.metadata.deletion_timestamp is None
+            and (n.metadata.annotations or {}).get("pytest-aikernel.owner", "").split(":")[3]
+            == str(proc.pid)
+        ]
+        assert len(live) == 1, live
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    session = live[0].rsplit("-", 1)[1]
+    began = time.monotonic()
+    assert _gone(kube, session, within=60), "the killed run's namespace was left"
+    print(f"killed run's namespace deleted {time.monotonic() - began:.1f} s after the kill")
+
+
+UNSCHEDULABLE = """
+import dataclasses
+
+def pytest_aikernel_container(service, spec):
+    if service == "redis":
+        return dataclasses.replace(spec, memory_mb=64 * 1024 * 1024)
+    return None
+"""
+
+
+def test_an_unschedulable_pod_is_reported_with_its_events(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "conftest.py").write_text(UNSCHEDULABLE)
+    (tmp_path / "test_unschedulable.py").write_text(
+        "def test_redis(aikernel_redis):\n    aikernel_redis.client().ping()\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    began = time.monotonic()
+    done = _pytest(kube, "-p", "no:cacheprovider", "--aikernel-startup-timeout", "8", cwd=tmp_path)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-3000:]
+    assert "redis: its pod cannot be scheduled" in text, text[-6000:]
+    assert "Insufficient memory" in text or "FailedScheduling" in text, text[-6000:]
+    assert "--aikernel-kube-context" in text, text[-6000:]
+    assert time.monotonic() - began < 120
+    session = _session(text)
+    assert _gone(kube, session), "the failed run's namespace was left"
