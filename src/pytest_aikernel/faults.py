@@ -415,6 +415,13 @@ class FaultBook:
                 "or fail it over. Use aikernel_faults (Toxiproxy) for network faults, or run in "
                 "docker mode."
             )
+        if stack.runtime.kind != "docker" and op in ENGINE_OPS:
+            raise FaultError(
+                f"{call}: needs the Docker runtime; on Kubernetes (--aikernel-runtime "
+                "kubernetes) a pod cannot be stopped, paused or cut off and come back with the "
+                "same address and data. Use aikernel_faults (Toxiproxy) for network faults, or "
+                "run this test with --aikernel-runtime docker."
+            )
         if op == "kill":
             signal = str(kwargs.get("signal", "SIGKILL"))
             if not signal or not (signal.upper().startswith("SIG") or signal.isdigit()):

@@ -80,6 +80,20 @@ def cluster_configuration(context: str | None) -> Any:
         ) from None
 
 
+def current_context(context: str | None) -> str:
+    """The kubeconfig context in use: ``context``, else the kubeconfig's current one ("" in a
+    pod with a service account and no kubeconfig)."""
+    if context:
+        return context
+    from kubernetes import config
+
+    try:
+        _contexts, active = config.list_kube_config_contexts()
+    except Exception:
+        return ""
+    return str((active or {}).get("name", ""))
+
+
 def _short(exc: BaseException) -> str:
     body = getattr(exc, "body", None)
     if body:
@@ -206,7 +220,9 @@ class KubernetesRuntime:
     @property
     def engine(self) -> Cluster:
         api = self.client
-        return Cluster(endpoint=str(api.api_client.configuration.host), context=self.context or "")
+        return Cluster(
+            endpoint=str(api.api_client.configuration.host), context=current_context(self.context)
+        )
 
     def free_port(self) -> int:
         return free_loopback_port(LOOPBACK)
