@@ -202,18 +202,27 @@ def test_xdist_per_test_fixtures_and_faults_on_kubernetes(
     assert _gone(kube, session), f"the namespace of session {session} is still there"
 
 
-def test_kafka_advertises_its_forward(kube: dict[str, str]) -> None:
+def test_data_and_observability_services_on_kubernetes(kube: dict[str, str]) -> None:
+    """Neo4j, Elasticsearch, Kafka (through the forward it advertises), ZooKeeper, Prometheus
+    scraping services by name (cluster DNS, also for services started later) and its
+    configuration rewritten in the pod (exec)."""
     done = _pytest(
         kube,
         "tests/integration/test_data_services.py",
-        "-k",
-        "topic_from_settings or produced_and_consumed",
+        "tests/integration/test_observability.py",
+        "--deselect",
+        "tests/integration/test_data_services.py::"
+        "test_a_container_on_the_stack_network_reaches_the_broker_by_alias",
+        "--deselect",
+        "tests/integration/test_observability.py::test_extra_scrape_target_on_the_host_is_scraped",
         "-p",
         "no:cacheprovider",
     )
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-6000:]
-    assert "2 passed" in text, text[-3000:]
+    assert " failed" not in text and " error" not in text, text[-3000:]
+    passed = re.search(r"\b(\d+) passed\b", text)
+    assert passed is not None and int(passed.group(1)) >= 14, text[-3000:]
 
 
 def test_reuse_keeps_the_namespace_and_down_removes_it(

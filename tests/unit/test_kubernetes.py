@@ -68,11 +68,18 @@ def test_a_spec_becomes_a_pod() -> None:
     assert container["resources"] == {"requests": {"memory": "768Mi"}}
     assert {"name": "tmpfs0", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
     assert {"name": "tmpfs0", "mountPath": "/var/lib/postgresql/data"} in container["volumeMounts"]
-    files = next(v for v in pod["volumes"] if v["name"] == "files")
-    assert files["configMap"] == {
-        "name": "postgres-files",
-        "items": [{"key": "f0", "path": "f0", "mode": 0o600}],
-    }
+    source = next(v for v in pod["volumes"] if v["name"] == "files-src")
+    assert source["configMap"] == {"name": "postgres-files", "items": [{"key": "f0", "path": "f0"}]}
+    # copied into a writable emptyDir by an init container of the same image, as the same user
+    assert {"name": "files", "emptyDir": {}} in pod["volumes"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == "example/postgres:15"
+    assert init["command"] == [
+        "sh",
+        "-c",
+        "cp /aikernel-files-src/f0 /aikernel-files/f0 && chmod 600 /aikernel-files/f0",
+    ]
+    assert init["securityContext"] == container["securityContext"]
     assert {"name": "files", "mountPath": "/etc/app/app.conf", "subPath": "f0"} in container[
         "volumeMounts"
     ]

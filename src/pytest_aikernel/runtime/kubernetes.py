@@ -42,6 +42,9 @@ MANAGER = "pytest-aikernel"
 UNSCHEDULABLE_GRACE = 20.0
 #: waiting reasons of a container whose image cannot be had
 _IMAGE_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+#: where the init container of a pod with files finds them (a ConfigMap) and puts them
+FILES_SRC = "/aikernel-files-src"
+FILES_DST = "/aikernel-files"
 _CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 
 
@@ -450,18 +453,46 @@ class KubernetesRuntime:
         for i, (path, _options) in enumerate(sorted(spec.tmpfs.items())):
             volumes.append({"name": f"tmpfs{i}", "emptyDir": {"medium": "Memory"}})
             mounts.append({"name": f"tmpfs{i}", "mountPath": path})
+        init: list[dict[str, Any]] = []
         if spec.files:
-            items = []
+            # A ConfigMap volume is read-only, and a file of it mounted by subPath never
+            # changes; services rewrite some of their files (Prometheus' configuration when the
+            # stack grows). So an init container of the same image copies each file into an
+            # emptyDir, which the service mounts file by file: writable, and the image's other
+            # files in those folders stay visible.
+            items, copies = [], []
             for i, (path, (_content, mode)) in enumerate(sorted(spec.files.items())):
-                items.append({"key": f"f{i}", "path": f"f{i}", "mode": mode})
+                items.append({"key": f"f{i}", "path": f"f{i}"})
+                copies.append(
+                    f"cp {FILES_SRC}/f{i} {FILES_DST}/f{i} && chmod {mode:o} {FILES_DST}/f{i}"
+                )
                 mounts.append({"name": "files", "mountPath": path, "subPath": f"f{i}"})
             volumes.append(
-                {"name": "files", "configMap": {"name": f"{service}-files", "items": items}}
+                {"name": "files-src", "configMap": {"name": f"{service}-files", "items": items}}
+            )
+            volumes.append({"name": "files", "emptyDir": {}})
+            init.append(
+                {
+                    "name": "files",
+                    "image": spec.image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", " && ".join(copies)],
+                    "volumeMounts": [
+                        {"name": "files-src", "mountPath": FILES_SRC},
+                        {"name": "files", "mountPath": FILES_DST},
+                    ],
+                    **(
+                        {"securityContext": container["securityContext"]}
+                        if "securityContext" in container
+                        else {}
+                    ),
+                }
             )
         if mounts:
             container["volumeMounts"] = mounts
         pod_spec: dict[str, Any] = {
             "containers": [container],
+            **({"initContainers": init} if init else {}),
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             # no FOO_SERVICE_HOST/FOO_PORT variables: images read their own (KAFKA_PORT...)
@@ -695,8 +726,8 @@ class KubernetesRuntime:
                     _preload_content=False,
                 )
             resp.run_forever(timeout=120)
+            code = resp.returncode  # before read_all(), which drops the status channel
             output = resp.read_all()
-            code = resp.returncode
             resp.close()
         except Exception as exc:
             raise ServiceError(service, f"{service}: exec failed: {_short(exc)}") from None
