@@ -2,7 +2,7 @@
 
     eval "$(tests/images/build)"                  # the stand-ins (AIKERNEL_IMAGE_*)
     eval "$(tests/k8s/cluster up)"                # KUBECONFIG of the local test cluster
-    python benchmarks/kubernetes.py --repeat 5
+    python benchmarks/startup_kubernetes.py --repeat 5
 
 Both runtimes start the same images with the same settings, in this process, taking turns (the
 first in a round alternates). Snapshots are off on both (Kubernetes has none; docs/snapshots.md),
