@@ -330,14 +330,37 @@ def test_an_unschedulable_pod_is_reported_with_its_events(
     )
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     began = time.monotonic()
-    done = _pytest(kube, "-p", "no:cacheprovider", "--aikernel-startup-timeout", "8", cwd=tmp_path)
+    done = _pytest(
+        kube,
+        "-p",
+        "no:cacheprovider",
+        "--aikernel-startup-timeout",
+        "8",
+        "--aikernel-kube-namespace-prefix",
+        "ci-team",
+        cwd=tmp_path,
+    )
     text = done.stdout + done.stderr
     assert done.returncode != 0, text[-3000:]
     assert "redis: its pod cannot be scheduled" in text, text[-6000:]
     assert "Insufficient memory" in text or "FailedScheduling" in text, text[-6000:]
     assert "--aikernel-kube-context" in text, text[-6000:]
     assert time.monotonic() - began < 120
-    namespace = re.search(r"Events of pod redis in aikernel-([0-9a-f]{12})", text)
+    # the namespace prefix setting names it
+    namespace = re.search(r"Events of pod redis in ci-team-([0-9a-f]{12})", text)
     assert namespace is not None, text[-3000:]
     session = namespace.group(1)
     assert _gone(kube, session), "the failed run's namespace was left"
+
+
+def test_an_unknown_context_is_a_clear_error(kube: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "test_ctx.py").write_text("def test_pg(aikernel_postgres):\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = {**kube, "CI": "true"}  # fail, not skip, when the runtime is missing
+    done = _pytest(
+        env, "-p", "no:cacheprovider", "--aikernel-kube-context", "no-such-context", cwd=tmp_path
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 4, text[-3000:]  # a usage error
+    assert "context 'no-such-context' (--aikernel-kube-context)" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
