@@ -265,7 +265,7 @@ import os, signal, time
 
 def test_wait(aikernel_redis, tmp_path_factory):
     print("READY", flush=True)
-    open(os.environ["AIKERNEL_TEST_MARK"], "w").write("up")
+    open(os.environ["K8S_TEST_MARK"], "w").write("up")
     time.sleep(600)
 """
 
@@ -274,7 +274,7 @@ def test_a_killed_runs_namespace_is_deleted(kube: dict[str, str], tmp_path: Path
     (tmp_path / "test_killed.py").write_text(KILLED)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     mark = tmp_path / "mark"
-    env = {**kube, "AIKERNEL_TEST_MARK": str(mark)}
+    env = {**kube, "K8S_TEST_MARK": str(mark)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s"],
         cwd=tmp_path,
@@ -309,6 +309,48 @@ def test_a_killed_runs_namespace_is_deleted(kube: dict[str, str], tmp_path: Path
     began = time.monotonic()
     assert _gone(kube, session, within=60), "the killed run's namespace was left"
     print(f"killed run's namespace deleted {time.monotonic() - began:.1f} s after the kill")
+
+
+def test_the_next_run_deletes_a_namespace_whose_owner_and_forwarder_died(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    """Nothing watches a namespace whose forwarder died with its run (a reboot, kill -9 of
+    both): the next run deletes it, as its owner is surely dead."""
+    (tmp_path / "test_killed.py").write_text(KILLED)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    mark = tmp_path / "mark"
+    env = {**kube, "K8S_TEST_MARK": str(mark), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not mark.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert mark.exists(), "the inner run did not get its stack"
+        (log,) = (tmp_path / "cache" / "pytest-aikernel" / "kube").glob("*/forwarder.log")
+        forwarder = int(re.findall(r"\(pid (\d+)\)", log.read_text())[-1])
+        session = log.parent.name.rsplit("-", 1)[1]
+        os.kill(forwarder, signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(3)
+    assert _namespaces(kube, session), "nothing should have deleted it yet"
+    (tmp_path / "test_killed.py").unlink()
+    (tmp_path / "test_next.py").write_text("def test_redis(aikernel_redis):\n    pass\n")
+    done = _pytest(env, "-p", "no:cacheprovider", cwd=tmp_path)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert f"removed leftovers of dead sessions: aikernel-{session}" in text, text[-3000:]
+    assert _gone(kube, session, within=30)
 
 
 UNSCHEDULABLE = """
