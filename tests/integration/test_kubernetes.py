@@ -235,29 +235,36 @@ def test_reuse_keeps_the_namespace_and_down_removes_it(
         "        assert conn.execute('SELECT 1').fetchone() == (1,)\n"
     )
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    first = _pytest(env, "-p", "no:cacheprovider", "--aikernel-reuse", cwd=tmp_path)
-    text = first.stdout + first.stderr
-    assert first.returncode == 0, text[-6000:]
-    session = _session(text)
-    assert _namespaces(kube, session), "the reused namespace was removed"
-    began = time.monotonic()
-    second = _pytest(env, "-p", "no:cacheprovider", "--aikernel-reuse", cwd=tmp_path)
-    text2 = second.stdout + second.stderr
-    assert second.returncode == 0, text2[-6000:]
-    assert f"reusing postgres (session {session})" in text2, text2[-3000:]
-    print(f"second (reused) run: {time.monotonic() - began:.1f} s")
-    down = subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", "down"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert down.returncode == 0, down.stderr[-3000:]
-    assert "postgres" in down.stderr, down.stderr
-    assert _gone(kube, session), "aikernel down left the reused namespace"
+
+    def down() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest_aikernel", "down"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    try:
+        first = _pytest(env, "-p", "no:cacheprovider", "--aikernel-reuse", cwd=tmp_path)
+        text = first.stdout + first.stderr
+        assert first.returncode == 0, text[-6000:]
+        session = _session(text)
+        assert _namespaces(kube, session), "the reused namespace was removed"
+        began = time.monotonic()
+        second = _pytest(env, "-p", "no:cacheprovider", "--aikernel-reuse", cwd=tmp_path)
+        text2 = second.stdout + second.stderr
+        assert second.returncode == 0, text2[-6000:]
+        assert f"reusing postgres (session {session})" in text2, text2[-3000:]
+        print(f"second (reused) run: {time.monotonic() - began:.1f} s")
+        done = down()
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "removed reused postgres" in done.stderr, done.stderr
+        assert _gone(kube, session), "aikernel down left the reused namespace"
+    finally:
+        down()  # whatever a failed assertion left
 
 
 KILLED = """
