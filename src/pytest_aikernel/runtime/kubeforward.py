@@ -63,9 +63,8 @@ def write_json(path: Path, data: Any) -> None:
 def load_configuration(context: str | None) -> Any:
     """The kubernetes client configuration as kubectl would find it: KUBECONFIG or
     ~/.kube/config (with ``context``), else the in-cluster service account."""
-    from kubernetes.config.config_exception import ConfigException
-
     from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
 
     cfg = client.Configuration()
     try:

@@ -703,9 +703,8 @@ class KubernetesRuntime:
     def exec(
         self, service: str, cmd: list[str], env: Mapping[str, str] | None = None, user: str = ""
     ) -> tuple[int, str]:
-        from kubernetes.stream import stream
-
         from kubernetes import client
+        from kubernetes.stream import stream
 
         if user:
             raise NotOnKubernetes(service, f"{service}: exec as another user needs Docker")
