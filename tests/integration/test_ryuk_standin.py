@@ -320,6 +320,10 @@ def test_testcontainers_uses_the_standin(engine: docker.DockerClient, run_id: st
         assert container.labels["org.testcontainers.session-id"] == session_id
         reaper = engine.containers.get(reaper_id)
         assert reaper.image.tags == [RYUK_IMAGE]
+        # the reaper logs the filter right after it read it: poll, the log may lag under load
+        deadline = time.monotonic() + 15
+        while b"adding filter" not in reaper.logs() and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert b"adding filter" in reaper.logs()
 
         child.send_signal(signal.SIGKILL)

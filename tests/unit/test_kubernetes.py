@@ -182,3 +182,11 @@ def test_extra_hosts_become_host_aliases_and_the_test_machine_is_refused() -> No
     spec = ContainerSpec(image="p", extra_hosts={"host.docker.internal": "host-gateway"})
     with pytest.raises(ServiceError, match="cannot"):
         _runtime()._pod("prometheus", spec, None)
+
+
+def test_forward_ports_stay_below_the_ephemeral_range() -> None:
+    from pytest_aikernel.runtime.kubernetes import free_forward_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_forward_port() for _ in range(50)}
+    assert all(10000 <= p < low for p in ports), sorted(ports)

@@ -39,6 +39,8 @@ ROUTES_POLL = 0.05
 #: how often the owner and the namespace are checked (seconds)
 OWNER_POLL = 1.0
 NAMESPACE_POLL = 3.0
+#: a forwarder whose API server did not answer for this long ends (seconds)
+UNREACHABLE_LIMIT = 60.0
 
 
 def log(folder: Path, text: str) -> None:
@@ -153,6 +155,7 @@ class Forwarder:
         self.stop = threading.Event()
         #: the namespace is gone (or deleted here): the folder goes with the forwarder
         self.gone = False
+        self.unreachable_since: float | None = None
 
     # ---- routes -------------------------------------------------------------------------------
 
@@ -233,12 +236,25 @@ class Forwarder:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            ns = api.read_namespace(self.namespace)
+            ns = api.read_namespace(self.namespace, _request_timeout=10)
         except ApiException as exc:
-            return exc.status == 404
+            if exc.status == 404:
+                return True
+            unreachable = exc.status in (502, 503, 504)
         except Exception:
-            return False  # the API server may be back soon
-        return ns.metadata.deletion_timestamp is not None
+            unreachable = True
+        else:
+            self.unreachable_since = None
+            return ns.metadata.deletion_timestamp is not None
+        if not unreachable:
+            self.unreachable_since = None
+            return False
+        # the API server may be back soon; but every forward goes through it, so a forwarder
+        # of a cluster that stays gone (stopped, rebuilt) would only hold its ports
+        now = time.monotonic()
+        if self.unreachable_since is None:
+            self.unreachable_since = now
+        return now - self.unreachable_since >= UNREACHABLE_LIMIT
 
     def run(self) -> int:
         from kubernetes import client

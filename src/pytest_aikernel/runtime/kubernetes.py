@@ -228,7 +228,7 @@ class KubernetesRuntime:
         )
 
     def free_port(self) -> int:
-        return free_loopback_port(LOOPBACK)
+        return free_forward_port()
 
     def engine_version(self) -> str:
         from kubernetes import client
@@ -913,6 +913,35 @@ class KubernetesRuntime:
         if pid:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
+
+
+def free_forward_port() -> int:
+    """A free port on 127.0.0.1 below the kernel's ephemeral range, for a forward.
+
+    The forwarder listens on IPv4 loopback only. A port from the ephemeral range could be the
+    one the Docker engine gives a container's IPv6 binding next (``[::]:PORT``, which does not
+    conflict with ``127.0.0.1:PORT``): a client of that container that connects to
+    127.0.0.1:PORT would reach the forwarder instead (testcontainers' Ryuk did, here).
+    """
+    import random
+    import socket
+
+    low = 32768
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh,
+    ):
+        low = int(fh.read().split()[0])
+    top = max(low - 1, 11000)
+    for _ in range(200):
+        port = random.randint(10000, top)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        return port
+    return free_loopback_port(LOOPBACK)
 
 
 def _valid(labels: Mapping[str, str] | None) -> dict[str, str]:
