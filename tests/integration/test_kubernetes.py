@@ -413,3 +413,21 @@ def test_an_unknown_context_is_a_clear_error(kube: dict[str, str], tmp_path: Pat
     assert done.returncode == 4, text[-3000:]  # a usage error
     assert "context 'no-such-context' (--aikernel-kube-context)" in text, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
+
+
+def test_network_faults_work_on_kubernetes(kube: dict[str, str]) -> None:
+    """Toxiproxy is a service like the others: its proxies, latency, resets and cut-offs work
+    through the forwards (the in-network path test needs aikernel_container: Docker only)."""
+    done = _pytest(
+        kube,
+        "tests/integration/test_toxics.py",
+        "--deselect",
+        "tests/integration/test_toxics.py::test_in_network_path_goes_through_the_proxy",
+        "-p",
+        "no:cacheprovider",
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-6000:]
+    passed = re.search(r"\b(\d+) passed\b", text)
+    assert passed is not None and int(passed.group(1)) >= 9, text[-3000:]
+    assert " failed" not in text, text[-3000:]
