@@ -431,3 +431,22 @@ def test_network_faults_work_on_kubernetes(kube: dict[str, str]) -> None:
     passed = re.search(r"\b(\d+) passed\b", text)
     assert passed is not None and int(passed.group(1)) >= 9, text[-3000:]
     assert " failed" not in text, text[-3000:]
+
+
+def test_an_image_the_cluster_cannot_pull_names_the_setting(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "test_pull.py").write_text(
+        "def test_redis(aikernel_redis):\n    aikernel_redis.client().ping()\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = {k: v for k, v in kube.items() if k != "AIKERNEL_IMAGE_REDIS"}
+    # a registry on loopback that refuses: the pull fails at once, nothing leaves the machine
+    done = _pytest(
+        env, "-p", "no:cacheprovider", "--aikernel-image", "redis=localhost:1/none:1", cwd=tmp_path
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-3000:]
+    assert "redis: the cluster cannot get the image 'localhost:1/none:1'" in text, text[-4000:]
+    assert "--aikernel-image redis=IMAGE" in text, text[-4000:]
+    assert "Events of pod redis" in text, text[-4000:]
