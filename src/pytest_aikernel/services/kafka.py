@@ -474,13 +474,17 @@ class Kafka(Service):
             host_ports=host_ports,
         )
 
-    def _admin(self, running: Running) -> confluent_kafka.admin.AdminClient:
+    def _admin(
+        self, running: Running, socket_timeout_ms: int = 2000
+    ) -> confluent_kafka.admin.AdminClient:
         from confluent_kafka.admin import AdminClient
 
         return AdminClient(
             {
                 "bootstrap.servers": f"{running.host}:{running.host_port(HOST_PORT)}",
-                "socket.timeout.ms": 2000,
+                # short for the readiness probe (it retries); creating topics may take longer
+                # (a busy machine, a forward through a Kubernetes API server)
+                "socket.timeout.ms": socket_timeout_ms,
                 "reconnect.backoff.max.ms": 100,
             },
             logger=_QUIET,
@@ -496,7 +500,7 @@ class Kafka(Service):
             return
         from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-        admin = self._admin(running)
+        admin = self._admin(running, socket_timeout_ms=30000)
         topics = [
             NewTopic(t.name, num_partitions=t.partitions, replication_factor=1)
             for t in ctx.settings.kafka_topics
