@@ -369,9 +369,138 @@ def remove_snapshots(client: Any) -> tuple[list[str], list[str]]:
     return removed, kept
 
 
+def remove_cache_volumes(client: Any) -> tuple[list[str], list[str]]:
+    """Remove the cache volumes (JVM class-data archives, kept per image) that no container
+    mounts: (removed names, kept messages)."""
+    from .runtime.docker import LABEL_CACHE
+
+    removed: list[str] = []
+    kept: list[str] = []
+    mounted = {
+        mount.get("Name")
+        for c in client.containers.list(all=True, ignore_removed=True)
+        for mount in c.attrs.get("Mounts") or []
+    }
+    for volume in client.volumes.list(filters={"label": LABEL_CACHE}):
+        if volume.name in mounted:
+            kept.append(f"kept cache volume {volume.name}: a container mounts it")
+            continue
+        try:
+            volume.remove()
+        except Exception as exc:
+            kept.append(f"kept cache volume {volume.name}: {exc}")
+            continue
+        removed.append(volume.name)
+    return removed, kept
+
+
+#: an exported cache volume: ``cache-<volume name>.tar`` holds its files, the ``.json`` beside
+#: it its labels (the image the volume belongs to)
+CACHE_EXPORT_PREFIX = "cache-"
+#: where a cache volume is mounted in the container that copies it
+CACHE_MOUNT = "/aikernel-cache"
+
+
+def _with_volume(client: Any, image: str, volume: str, path: str, work: Any) -> Any:
+    """Run ``work(container)`` on a created (never started) container of ``image`` that mounts
+    ``volume`` on ``path``; the container is removed afterwards."""
+    from docker.types import Mount
+
+    container = client.containers.create(
+        image,
+        command=["true"],
+        mounts=[Mount(target=path, source=volume, type="volume")],
+        labels={"pytest-aikernel.cache-copy": volume},
+    )
+    try:
+        return work(container)
+    finally:
+        container.remove(force=True, v=False)
+
+
+def export_cache_volumes(client: Any, folder: Path) -> int:
+    """Write each cache volume whose image is here into ``folder``; the number written."""
+    import json
+
+    from .runtime.docker import LABEL_CACHE, LABEL_CACHE_IMAGE
+
+    count = 0
+    for volume in client.volumes.list(filters={"label": LABEL_CACHE}):
+        labels = volume.attrs.get("Labels") or {}
+        image = labels.get(LABEL_CACHE_IMAGE, "")
+        try:
+            client.images.get(image)
+        except Exception:
+            print(
+                f"skipped cache volume {volume.name}: its image {image[:19]} is gone",
+                file=sys.stderr,
+            )
+            continue
+        target = folder / f"{CACHE_EXPORT_PREFIX}{volume.name}.tar"
+
+        def save(container: Any, target: Path = target) -> None:
+            stream, _ = container.get_archive(f"{CACHE_MOUNT}/.")
+            with open(target, "wb") as fh:
+                for chunk in stream:
+                    fh.write(chunk)
+
+        _with_volume(client, image, volume.name, CACHE_MOUNT, save)
+        target.with_suffix(".json").write_text(json.dumps(labels, indent=1), encoding="utf-8")
+        print(f"exported cache volume {volume.name} to {target}", file=sys.stderr)
+        count += 1
+    return count
+
+
+def import_cache_volumes(client: Any, folder: Path) -> int:
+    """Make the cache volumes exported into ``folder`` whose image is here; the number made."""
+    import json
+
+    from .runtime.docker import LABEL_CACHE, LABEL_CACHE_IMAGE
+
+    count = 0
+    for tar in sorted(folder.glob(f"{CACHE_EXPORT_PREFIX}*.tar")):
+        name = tar.stem[len(CACHE_EXPORT_PREFIX) :]
+        try:
+            labels = json.loads(tar.with_suffix(".json").read_text(encoding="utf-8"))
+            image = str(labels[LABEL_CACHE_IMAGE])
+            str(labels[LABEL_CACHE])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(
+                f"{tar}: skipped: no readable {tar.with_suffix('.json').name} ({exc})",
+                file=sys.stderr,
+            )
+            continue
+        try:
+            client.images.get(image)
+        except Exception:
+            print(f"{tar}: skipped: its image {image[:19]} is not in this engine", file=sys.stderr)
+            continue
+        try:
+            client.volumes.get(name)
+        except Exception:
+            pass
+        else:  # a running JVM may map its archive: never written over
+            print(f"{tar}: skipped: the cache volume {name} exists", file=sys.stderr)
+            continue
+        client.volumes.create(name=name, labels=labels)
+        data = tar.read_bytes()
+        _with_volume(
+            client, image, name, CACHE_MOUNT, lambda c, d=data: c.put_archive(CACHE_MOUNT, d)
+        )
+        print(f"imported cache volume {name} from {tar}", file=sys.stderr)
+        count += 1
+    return count
+
+
 def cmd_snapshots(args: argparse.Namespace) -> int:
     """List, export, import or remove the snapshot images of this engine."""
-    from .runtime.docker import LABEL_SNAPSHOT, LABEL_SNAPSHOT_KEY, docker_client
+    from .runtime.docker import (
+        LABEL_CACHE,
+        LABEL_CACHE_IMAGE,
+        LABEL_SNAPSHOT,
+        LABEL_SNAPSHOT_KEY,
+        docker_client,
+    )
 
     client = docker_client()
     try:
@@ -384,12 +513,23 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
                     f"key {labels.get(LABEL_SNAPSHOT_KEY)}\t{size:.0f} MB\t"
                     f"{image.attrs.get('Created', '')[:19]}"
                 )
+            for volume in client.volumes.list(filters={"label": LABEL_CACHE}):
+                labels = volume.attrs.get("Labels") or {}
+                print(
+                    f"{volume.name}\tcache {labels.get(LABEL_CACHE)}\t"
+                    f"image {labels.get(LABEL_CACHE_IMAGE, '?')[:19]}\tvolume\t"
+                    f"{volume.attrs.get('CreatedAt', '')[:19]}"
+                )
             return 0
         if args.action == "prune":
             removed, kept = remove_snapshots(client)
-            for line in kept:
+            volumes, kept_volumes = remove_cache_volumes(client)
+            for line in [*kept, *kept_volumes]:
                 print(line, file=sys.stderr)
-            print(f"removed {len(removed)} snapshot image(s)", file=sys.stderr)
+            print(
+                f"removed {len(removed)} snapshot image(s) and {len(volumes)} cache volume(s)",
+                file=sys.stderr,
+            )
             return 0
         folder = Path(args.folder)
         if args.action == "export":
@@ -403,11 +543,20 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
                             fh.write(chunk)
                     print(f"exported {tag} to {target}", file=sys.stderr)
                     count += 1
-            print(f"exported {count} snapshot image(s) to {folder}", file=sys.stderr)
+            exported = export_cache_volumes(client, folder)
+            print(
+                f"exported {count} snapshot image(s) and {exported} cache volume(s) to {folder}",
+                file=sys.stderr,
+            )
             return 0
         if args.action == "import":
-            tars = sorted(folder.glob("*.tar"))
-            if not tars:
+            tars = [
+                t
+                for t in sorted(folder.glob("*.tar"))
+                if not t.name.startswith(CACHE_EXPORT_PREFIX)
+            ]
+            imported = import_cache_volumes(client, folder)
+            if not tars and not imported:
                 raise ConfigError(f"aikernel snapshots import: no .tar files in {folder}")
             for tar in tars:
                 with open(tar, "rb") as fh:
@@ -468,6 +617,11 @@ def cmd_down(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             if gone_images:
                 print(f"removed snapshots {', '.join(gone_images)}", file=sys.stderr)
+            gone_volumes, kept_volumes = remove_cache_volumes(client)
+            for line in kept_volumes:
+                print(line, file=sys.stderr)
+            if gone_volumes:
+                print(f"removed cache volumes {', '.join(gone_volumes)}", file=sys.stderr)
         for session, containers in sorted(_stacks(client).items()):
             labels = containers[0].labels
             if LABEL_REUSE in labels:
@@ -595,7 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     down.add_argument(
         "--snapshots",
         action="store_true",
-        help="also remove the snapshot images (those no container uses)",
+        help="also remove the snapshot images and the JVM class-data cache volumes (those no "
+        "container uses)",
     )
     _add_runtime(down)
     down.set_defaults(func=cmd_down)

@@ -32,6 +32,11 @@ class ContainerSpec:
     #: memory the service needs (MiB), from its settings (heap sizes): a Kubernetes pod's
     #: memory request; None for services without a memory setting
     memory_mb: int | None = None
+    #: volume name -> mount path: named volumes that outlive the stack, caches of what
+    #: containers of one image compute once (JVM class-data archives). A runtime keeps one per
+    #: name and image id, writable by any user of the container; what is in it must never be
+    #: needed for a start (it may be empty, stale or damaged)
+    volumes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ SNAPSHOT_FORMAT = 2
 LABEL_SNAPSHOT = "pytest-aikernel.snapshot"
 LABEL_SNAPSHOT_KEY = "pytest-aikernel.snapshot-key"
 LABEL_SNAPSHOT_BASE = "pytest-aikernel.snapshot-base"
+#: named cache volumes (ContainerSpec.volumes): ``aikernel-cache-<name>-<12 hex of the image
+#: id>``, labelled with the name and the image id; no session label, so they outlive stacks
+LABEL_CACHE = "pytest-aikernel.cache"
+LABEL_CACHE_IMAGE = "pytest-aikernel.cache-image"
 
 
 @dataclass(frozen=True)
@@ -456,6 +460,8 @@ class DockerRuntime:
             kwargs["user"] = spec.user
         if spec.tmpfs:
             kwargs["mounts"] = [self._tmpfs_volume(service, p, o) for p, o in spec.tmpfs.items()]
+        if spec.volumes:
+            kwargs.setdefault("mounts", []).extend(self._cache_volumes(spec))
         if spec.extra_hosts:
             kwargs["extra_hosts"] = dict(spec.extra_hosts)
         started = time.monotonic()
@@ -463,6 +469,8 @@ class DockerRuntime:
             raw: Container = client.containers.create(spec.image, **kwargs)
             with self._lock:
                 self._containers[service] = raw
+            if spec.volumes:  # the image's user may be anyone: a cache is writable by all
+                raw.put_archive("/", _tar_dirs(spec.volumes.values(), 0o1777))
             if spec.files:
                 raw.put_archive("/", _tar(spec.files))
             raw.start()
@@ -503,6 +511,22 @@ class DockerRuntime:
             labels={**self.labels(service), LABEL_TMPFS: path},
             driver_config=DriverConfig("local", opts),
         )
+
+    def _cache_volumes(self, spec: ContainerSpec) -> list[Any]:
+        """The spec's named cache volumes, one per name and image id (made by the engine at
+        the first mount, with the labels; never removed with a stack)."""
+        from docker.types import Mount
+
+        image_id = self.image_id(spec.image)
+        return [
+            Mount(
+                target=path,
+                source=cache_volume_name(name, image_id),
+                type="volume",
+                labels={LABEL_CACHE: name, LABEL_CACHE_IMAGE: image_id},
+            )
+            for name, path in spec.volumes.items()
+        ]
 
     # ---- faults: the same container, stopped, started, paused, cut off -----------------------
 
@@ -944,6 +968,29 @@ def _tar(files: Mapping[str, tuple[bytes, int]]) -> bytes:
             info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(content))
     return data.getvalue()
+
+
+def _tar_dirs(paths: Iterable[str], mode: int) -> bytes:
+    """A tar archive of the directories ``paths`` (absolute) with ``mode``, to extract at ``/``:
+    on a mount point it sets the mode of the mounted volume's root."""
+    import io
+    import tarfile
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for path in paths:
+            info = tarfile.TarInfo(path.strip("/"))
+            info.type = tarfile.DIRTYPE
+            info.mode = mode
+            info.mtime = int(time.time())
+            tar.addfile(info)
+    return data.getvalue()
+
+
+def cache_volume_name(name: str, image_id: str) -> str:
+    """The engine's name of the cache volume ``name`` for the image ``image_id``."""
+    digest = image_id.rpartition(":")[2][:12] or "unknown"
+    return f"aikernel-cache-{name}-{digest}"
 
 
 def _published_ports(attrs: dict[str, Any], wanted: Iterable[int]) -> dict[int, int]:

@@ -367,6 +367,16 @@ class Service(ABC):
         """Services were added to a running stack (started on demand after this one)."""
 
 
+def mebibytes(size: str) -> int:
+    """A memory size as the settings accept it (``256m``, ``1g``, ``524288k``, bytes) in MiB,
+    rounded up."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = size.strip().lower()
+    factor = units.get(text[-1:], 1)
+    number = int(text[:-1] if text[-1:] in units else text)
+    return -(-number * factor // (1 << 20))
+
+
 def endpoint_entry(running: Running, port: int, **extra: Any) -> dict[str, Any]:
     """The common part of a Vault entry: host side and in-network address of ``port``."""
     return {

@@ -20,6 +20,7 @@ from ..errors import ConfigError, SeedError, ServiceError, WaitTimeout
 from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from ..settings import OPTIONS_BY_FIELD, Settings
+from . import _jvm
 from .base import (
     HttpService,
     Isolation,
@@ -28,12 +29,16 @@ from .base import (
     StackContext,
     TestScope,
     endpoint_entry,
+    mebibytes,
 )
 
 if TYPE_CHECKING:
     import elasticsearch
 
 VERSION = "8.17.4"
+#: memory of the JVM besides its heap (metaspace, code cache, threads, direct buffers): a
+#: Kubernetes pod requests the heap plus this
+JVM_OVERHEAD_MB = 384
 PORT = 9200
 KIBANA_PORT = 5601
 DATA = "/usr/share/elasticsearch/data"
@@ -218,9 +223,22 @@ def load_init(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: the variable of the official image for the JVM of its launcher (bin/elasticsearch's CLI, which
+#: works out the server's JVM options and starts the server JVM); documented since 8.6
+CLI_JAVA_OPTS = "CLI_JAVA_OPTS"
+#: --aikernel-jvm-tuning on (docs/services.md, "JVM start-up"); class-data sharing comes first
+ES_KNOBS: tuple[_jvm.Knob, ...] = (
+    # C1 for both JVMs: the launcher works while the server starts (~3.5 s of CPU with C2)
+    _jvm.Knob("c1", options=_jvm.C1.options, more={CLI_JAVA_OPTS: _jvm.C1.options}),
+    # machine learning starts a native controller process on the official image's node; the
+    # stand-in has no ML module (the setting is known to it and does nothing)
+    _jvm.Knob("no-ml", env={"xpack.ml.enabled": "false"}),
+)
+
+
 class Elasticsearch(Service):
     name = "elasticsearch"
-    shaped_by = ("elasticsearch_init", "elasticsearch_heap")
+    shaped_by = ("elasticsearch_init", "elasticsearch_heap", "jvm_tuning")
     default_image = f"docker.elastic.co/elasticsearch/elasticsearch:{VERSION}"
     ports = (PORT,)
     isolations = (
@@ -255,7 +273,7 @@ class Elasticsearch(Service):
 
     def container(self, ctx: StackContext) -> ContainerSpec:
         heap = ctx.settings.elasticsearch_heap
-        return ContainerSpec(
+        spec = ContainerSpec(
             image=ctx.image(self.name),
             env={
                 "discovery.type": "single-node",
@@ -266,7 +284,17 @@ class Elasticsearch(Service):
             },
             ports=(PORT,),
             tmpfs={DATA: "mode=0777"},
+            # the heap, and the JVM's own memory (metaspace, code, threads, direct buffers)
+            memory_mb=mebibytes(heap) + JVM_OVERHEAD_MB,
         )
+        return _jvm.with_knobs(spec, self.jvm_options_env, self.jvm_knobs(ctx.settings))
+
+    #: the variable the official image reads the server JVM's options from
+    jvm_options_env = "ES_JAVA_OPTS"
+
+    def jvm_knobs(self, settings: Settings) -> tuple[_jvm.Knob, ...]:
+        """The start-up settings of ``--aikernel-jvm-tuning on`` (none when off)."""
+        return _jvm.knobs(self.name, settings, ES_KNOBS)
 
     def probe(self, ctx: StackContext, running: Running) -> None:
         url = f"http://{running.host}:{running.host_port(PORT)}/_cluster/health"
@@ -278,6 +306,7 @@ class Elasticsearch(Service):
             raise RuntimeError(f"cluster health is {status!r}")
 
     def seed(self, ctx: StackContext, running: Running) -> None:
+        _jvm.after_ready(ctx, self.name, self.jvm_knobs(ctx.settings))
         base = f"http://{running.host}:{running.host_port(PORT)}"
         for path in ctx.settings.elasticsearch_init:
             content = load_init(path)

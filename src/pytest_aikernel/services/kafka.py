@@ -19,6 +19,8 @@ from ..errors import SeedError, ServiceError, WaitTimeout
 from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
 from ..runtime.docker import free_loopback_port
+from ..settings import Settings
+from . import _jvm
 from .base import (
     Endpoint,
     Isolation,
@@ -342,8 +344,15 @@ def _topics(kafka: KafkaService, scope: TestScope) -> Iterator[TopicFactory]:
         janitor.submit(lambda: cleanup(made, prefix))
 
 
+#: --aikernel-jvm-tuning on (docs/services.md, "JVM start-up"); class-data sharing comes first.
+#: (-XX:TieredStopAtLevel=1 is in both services' KAFKA_OPTS either way: FAST_JVM)
+ZOOKEEPER_KNOBS: tuple[_jvm.Knob, ...] = ()
+KAFKA_KNOBS: tuple[_jvm.Knob, ...] = ()
+
+
 class Zookeeper(Service):
     name = "zookeeper"
+    shaped_by = ("jvm_tuning",)
     default_image = f"confluentinc/cp-zookeeper:{VERSION}"
     ports = (ZK_PORT,)
     external_env = "AIKERNEL_ZOOKEEPER_CONNECT"
@@ -359,7 +368,7 @@ class Zookeeper(Service):
     """
 
     def container(self, ctx: StackContext) -> ContainerSpec:
-        return ContainerSpec(
+        spec = ContainerSpec(
             image=ctx.image(self.name),
             env={
                 "ZOOKEEPER_CLIENT_PORT": str(ZK_PORT),
@@ -369,6 +378,17 @@ class Zookeeper(Service):
             },
             ports=(ZK_PORT,),
         )
+        return _jvm.with_knobs(spec, self.jvm_options_env, self.jvm_knobs(ctx.settings))
+
+    #: the variable cp-zookeeper's launcher (Kafka's kafka-run-class) adds to the JVM's options
+    jvm_options_env = "KAFKA_OPTS"
+
+    def jvm_knobs(self, settings: Settings) -> tuple[_jvm.Knob, ...]:
+        """The start-up settings of ``--aikernel-jvm-tuning on`` (none when off)."""
+        return _jvm.knobs(self.name, settings, ZOOKEEPER_KNOBS)
+
+    def seed(self, ctx: StackContext, running: Running) -> None:
+        _jvm.after_ready(ctx, self.name, self.jvm_knobs(ctx.settings))
 
     def probe(self, ctx: StackContext, running: Running) -> None:
         # `ruok` answers as soon as the port is bound, even if loading the data then fails;
@@ -401,7 +421,7 @@ class Kafka(Service):
         "faults"
     )
     name = "kafka"
-    shaped_by = ("kafka_topics",)
+    shaped_by = ("kafka_topics", "jvm_tuning")
     default_image = f"confluentinc/cp-kafka:{VERSION}"
     depends_on = ("zookeeper",)
     ports = (HOST_PORT,)
@@ -448,7 +468,7 @@ class Kafka(Service):
                 port = free_loopback_port()
             advertised, host_ports = f"{_bracket(host)}:{port}", {HOST_PORT: port}
         zookeeper = ctx.running["zookeeper"]
-        return ContainerSpec(
+        spec = ContainerSpec(
             image=ctx.image(self.name),
             env={
                 "KAFKA_BROKER_ID": "1",
@@ -473,6 +493,14 @@ class Kafka(Service):
             ports=(HOST_PORT,),
             host_ports=host_ports,
         )
+        return _jvm.with_knobs(spec, self.jvm_options_env, self.jvm_knobs(ctx.settings))
+
+    #: the variable cp-kafka's launcher (Kafka's kafka-run-class) adds to the JVM's options
+    jvm_options_env = "KAFKA_OPTS"
+
+    def jvm_knobs(self, settings: Settings) -> tuple[_jvm.Knob, ...]:
+        """The start-up settings of ``--aikernel-jvm-tuning on`` (none when off)."""
+        return _jvm.knobs(self.name, settings, KAFKA_KNOBS)
 
     def _admin(
         self, running: Running, socket_timeout_ms: int = 2000
@@ -496,6 +524,7 @@ class Kafka(Service):
             raise RuntimeError("the cluster lists no broker yet")
 
     def seed(self, ctx: StackContext, running: Running) -> None:
+        _jvm.after_ready(ctx, self.name, self.jvm_knobs(ctx.settings))
         if not ctx.settings.kafka_topics:
             return
         from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]

@@ -12,7 +12,8 @@ from .._sql import split_cypher
 from ..errors import ConfigError, SeedError
 from ..faults import Faultable
 from ..runtime import ContainerSpec, Running
-from ..settings import OPTIONS_BY_FIELD
+from ..settings import OPTIONS_BY_FIELD, Settings
+from . import _jvm
 from .base import (
     ExternalTarget,
     Isolation,
@@ -23,6 +24,7 @@ from .base import (
     TestScope,
     endpoint_entry,
     external_url,
+    mebibytes,
 )
 
 if TYPE_CHECKING:
@@ -148,9 +150,15 @@ def _driver(ctx: StackContext, running: Running) -> neo4j.Driver:
     )
 
 
+#: memory of the JVM besides heap and page cache: a Kubernetes pod requests all three
+JVM_OVERHEAD_MB = 256
+#: --aikernel-jvm-tuning on (docs/services.md, "JVM start-up"); class-data sharing comes first
+NEO4J_KNOBS: tuple[_jvm.Knob, ...] = (_jvm.C1,)
+
+
 class Neo4j(Service):
     name = "neo4j"
-    shaped_by = ("neo4j_init", "neo4j_heap", "neo4j_pagecache")
+    shaped_by = ("neo4j_init", "neo4j_heap", "neo4j_pagecache", "jvm_tuning")
     default_image = "neo4j:5.26"
     ports = (BOLT, HTTP)
     isolations = (
@@ -203,7 +211,7 @@ class Neo4j(Service):
 
     def container(self, ctx: StackContext) -> ContainerSpec:
         heap = ctx.settings.neo4j_heap
-        return ContainerSpec(
+        spec = ContainerSpec(
             image=ctx.image(self.name),
             env={
                 "NEO4J_AUTH": f"{USER}/{ctx.secrets.get('neo4j.password')}",
@@ -214,7 +222,18 @@ class Neo4j(Service):
             },
             ports=(BOLT, HTTP),
             tmpfs={"/data": ""},
+            # heap, page cache, and the JVM's own memory (metaspace, code, threads)
+            memory_mb=mebibytes(heap) + mebibytes(ctx.settings.neo4j_pagecache) + JVM_OVERHEAD_MB,
         )
+        return _jvm.with_knobs(spec, self.jvm_options_env, self.jvm_knobs(ctx.settings))
+
+    #: the variable the official image reads extra JVM options from: one line appended to
+    #: neo4j.conf's server.jvm.additional lines, split into options at whitespace by Neo4j
+    jvm_options_env = "NEO4J_server_jvm_additional"
+
+    def jvm_knobs(self, settings: Settings) -> tuple[_jvm.Knob, ...]:
+        """The start-up settings of ``--aikernel-jvm-tuning on`` (none when off)."""
+        return _jvm.knobs(self.name, settings, NEO4J_KNOBS)
 
     def probe(self, ctx: StackContext, running: Running) -> None:
         with _driver(ctx, running) as driver:
@@ -224,6 +243,7 @@ class Neo4j(Service):
                 raise RuntimeError("RETURN 1 did not return 1")
 
     def seed(self, ctx: StackContext, running: Running) -> None:
+        _jvm.after_ready(ctx, self.name, self.jvm_knobs(ctx.settings))
         if not ctx.settings.neo4j_init:
             return
         import neo4j.exceptions

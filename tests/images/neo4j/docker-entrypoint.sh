@@ -18,10 +18,15 @@
 #     only names starting with a lower-case letter after the prefix are settings (NEO4J_AUTH,
 #     NEO4J_ACCEPT_LICENSE_AGREEMENT, NEO4J_HOME, NEO4J_PLUGINS, ... are not)
 #   * server.memory.heap.initial_size / max_size become -Xms / -Xmx and server.jvm.additional lines
-#     become JVM options, as the `neo4j` launch script does; JAVA_OPTS is added as well
+#     become JVM options, as the `neo4j` launch script does; JAVA_OPTS is added as well. As in the
+#     official image, NEO4J_server_jvm_additional is appended to the lines of neo4j.conf (it does
+#     not replace them), and each line is split into options at whitespace (quotes group), as
+#     Neo4j 5's parser of that setting does: "-XX:A -XX:B" is two options
 #   * NEO4J_ACCEPT_LICENSE_AGREEMENT is ignored (Community edition)
 #   * not in the official image: $NEO4J_HOME/neo4j.jsa, a class-data-sharing archive made when the
-#     image was built, is used to start faster (AIKERNEL_NEO4J_CDS_DUMP=FILE writes a new one)
+#     image was built, is used to start faster (AIKERNEL_NEO4J_CDS_DUMP=FILE writes a new one),
+#     unless the JVM options choose class-data sharing themselves; neo4j.conf has a C1-only line.
+#     AIKERNEL_NEO4J_IMAGE_EXTRAS=off leaves both out: the JVM starts as on the official image
 set -Eeo pipefail
 
 NEO4J_HOME="${NEO4J_HOME:-/var/lib/neo4j}"
@@ -37,17 +42,19 @@ conf_get() {
     awk -v k="$key" 'index($0, k "=") == 1 { v = substr($0, length(k) + 2) } END { print v }' "$file"
 }
 
+# add a line of a setting that may be given many times (server.jvm.additional) to a conf file,
+# after the lines it has already (a multi-line value gives one line per line)
+conf_append() {
+    local key="$1" value="$2" file="$3"
+    printf '%s\n' "$value" | awk -v k="$key" 'NF { print k "=" $0 }' >> "$file"
+}
+
 # set a setting in a conf file: replaces every existing line of it (commented out or not)
 conf_set() {
     local key="$1" value="$2" file="$3" tmp
     tmp="$(mktemp)"
     awk -v k="$key" '{ s = $0; sub(/^#+/, "", s) } index(s, k "=") != 1 { print }' "$file" > "$tmp"
-    if [[ "$key" == server.jvm.additional ]]; then
-        # one JVM option per line (a multi-line value gives several)
-        printf '%s\n' "$value" | awk -v k="$key" 'NF { print k "=" $0 }' >> "$tmp"
-    else
-        printf '%s=%s\n' "$key" "$value" >> "$tmp"
-    fi
+    printf '%s=%s\n' "$key" "$value" >> "$tmp"
     cat "$tmp" > "$file"
     rm -f "$tmp"
 }
@@ -116,7 +123,11 @@ apply_env_settings() {
             printf 'Warning: %s ignored: this image has no APOC plugin\n' "$var" >&2
             continue
         fi
-        conf_set "$setting" "${!var}" "$conf"
+        if [[ "$setting" == server.jvm.additional ]]; then
+            conf_append "$setting" "${!var}" "$conf"
+        else
+            conf_set "$setting" "${!var}" "$conf"
+        fi
     done <<< "$(compgen -e | LC_ALL=C sort)"
 }
 
@@ -148,6 +159,10 @@ start_neo4j() {
     conf="$conf_dir/neo4j.conf"
     # each start begins from the image's neo4j.conf (or a mounted /conf/neo4j.conf)
     cp -f /startup/neo4j.conf "$conf"
+    if [[ "${AIKERNEL_NEO4J_IMAGE_EXTRAS:-on}" == off ]]; then
+        # the JVM as the official image starts it: without this image's C1-only line
+        sed -i '/^server\.jvm\.additional=-XX:TieredStopAtLevel=1$/d' "$conf"
+    fi
     if [[ -d /conf ]] && compgen -G '/conf/*' >/dev/null; then
         cp -f /conf/* "$conf_dir/" 2>/dev/null || :
     fi
@@ -166,8 +181,13 @@ start_neo4j() {
     [[ -z "$heap_init" ]] || java_args+=("-Xms$(jvm_size "$heap_init")")
     [[ -z "$heap_max" ]] || java_args+=("-Xmx$(jvm_size "$heap_max")")
     # (command substitutions, not <(...): java becomes PID 1 and would not reap a leftover child)
-    while IFS= read -r opt; do
-        [[ -n "$opt" ]] && java_args+=("$opt")
+    local line
+    while IFS= read -r line; do
+        [[ -n "$line" ]] || continue
+        # whitespace separates options; '...' or "..." keep one with spaces (xargs' quoting)
+        while IFS= read -r opt; do
+            [[ -n "$opt" ]] && java_args+=("$opt")
+        done <<< "$(printf '%s\n' "$line" | xargs printf '%s\n')"
     done <<< "$(awk 'index($0, "server.jvm.additional=") == 1 { print substr($0, 23) }' "$conf")"
     if [[ -n "${JAVA_OPTS:-}" ]]; then
         # shellcheck disable=SC2206
@@ -175,8 +195,19 @@ start_neo4j() {
     fi
 
     # class-data sharing: the image has an archive of the classes a start loads (made at build
-    # time by cds-train.sh); the JVM ignores it (-Xshare:auto) if the options do not fit it
-    if [[ -n "${AIKERNEL_NEO4J_CDS_DUMP:-}" ]]; then
+    # time by cds-train.sh); the JVM ignores it (-Xshare:auto) if the options do not fit it. Not
+    # used when the options already choose class-data sharing themselves (an archive of their
+    # own, -Xshare:...), as they would on the official image, which has no such archive
+    local own_cds=""
+    [[ "${AIKERNEL_NEO4J_IMAGE_EXTRAS:-on}" == off ]] && own_cds=1
+    for opt in "${java_args[@]}"; do
+        case "$opt" in
+            -XX:SharedArchiveFile=*|-XX:ArchiveClassesAtExit=*|-Xshare:*) own_cds=1 ;;
+        esac
+    done
+    if [[ -n "$own_cds" ]]; then
+        :
+    elif [[ -n "${AIKERNEL_NEO4J_CDS_DUMP:-}" ]]; then
         # (its warnings list thousands of classes that cannot be archived, e.g. from signed jars)
         java_args+=("-XX:ArchiveClassesAtExit=$AIKERNEL_NEO4J_CDS_DUMP" -Xlog:cds=off -Xlog:cds+dynamic=off)
     elif [[ -f "$NEO4J_HOME/neo4j.jsa" ]]; then
