@@ -65,13 +65,19 @@ class SeedError(ServiceError):
 class StackStartError(AikernelError):
     """One or more services of the stack failed; nothing of the stack was left running."""
 
-    def __init__(self, failures: Sequence[ServiceError], *, external: bool = False) -> None:
+    def __init__(
+        self,
+        failures: Sequence[ServiceError],
+        *,
+        external: bool = False,
+        removed: str = "Every container this start made was removed.",
+    ) -> None:
         self.failures = list(failures)
         names = ", ".join(f.service for f in self.failures)
         parts = [f"pytest-aikernel could not start the stack: {names} failed."]
         parts.extend(str(f) for f in self.failures)
         if not external:
-            parts.append("Every container of this stack was removed.")
+            parts.append(removed)
         super().__init__("\n\n".join(parts))
 
 
