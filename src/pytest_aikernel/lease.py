@@ -401,6 +401,10 @@ def service_keys(settings: Settings, names: Iterable[str]) -> dict[str, str]:
         }
         if settings.bind_address is not None:  # where its ports are published
             blob["bind"] = settings.bind_address
+        if settings.runtime == "kubernetes" and settings.kube_access != "forward":
+            # how the test process reaches it: a service started with the other access is
+            # replaced, not reached the way it was not started for
+            blob["access"] = [settings.kube_access, settings.kube_node_address or "auto"]
         text = json.dumps(blob, sort_keys=True, default=str)
         keys[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return keys

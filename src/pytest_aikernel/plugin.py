@@ -120,7 +120,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def _kubernetes_header(settings: Settings) -> list[str]:
     from .runtime.kubernetes import KubernetesRuntime
 
-    runtime = KubernetesRuntime("header", context=settings.kube_context)
+    runtime = KubernetesRuntime(
+        "header",
+        context=settings.kube_context,
+        access=settings.kube_access,
+        node_address=settings.kube_node_address,
+    )
     try:
         version = runtime.engine_version()
         cluster = runtime.engine
@@ -131,7 +136,11 @@ def _kubernetes_header(settings: Settings) -> list[str]:
     return [
         f"aikernel: {cluster.describe()}, server {version}",
         f"aikernel: a namespace {settings.kube_namespace_prefix}-<session> per stack; a killed "
-        "run's namespace is deleted by its port-forwarder, or by the next run",
+        + (
+            "run's namespace is deleted by the next run (no port-forwarder with NodePort access)"
+            if runtime.nodeport
+            else "run's namespace is deleted by its port-forwarder, or by the next run"
+        ),
     ]
 
 

@@ -279,6 +279,30 @@ OPTIONS = (
         default="aikernel",
     ),
     Option(
+        field="kube_access",
+        cli="--aikernel-kube-access",
+        ini="aikernel_kube_access",
+        env="AIKERNEL_KUBE_ACCESS",
+        metavar="forward|nodeport",
+        help="with --aikernel-runtime kubernetes: how the test process reaches the services: "
+        "forward (port-forwards on 127.0.0.1 through the API server) or nodeport (a NodePort "
+        "Service per service, reached at a node's address; needs kube-proxy or an equivalent "
+        "and nodes this machine reaches)",
+        default="forward",
+        choices=("forward", "nodeport"),
+    ),
+    Option(
+        field="kube_node_address",
+        cli="--aikernel-kube-node-address",
+        ini="aikernel_kube_node_address",
+        env="AIKERNEL_KUBE_NODE_ADDRESS",
+        metavar="ADDRESS",
+        help="with --aikernel-kube-access nodeport: the node address (IP address or host name) "
+        "the test process connects to (default: picked from the cluster's nodes, the "
+        "ExternalIP of a Ready node if any has one, else a Ready node's InternalIP)",
+        default="picked from the cluster's nodes: a Ready node's ExternalIP, else its InternalIP",
+    ),
+    Option(
         field="jvm_tuning",
         cli="--aikernel-jvm-tuning",
         ini="aikernel_jvm_tuning",
@@ -363,6 +387,11 @@ class Settings:
     kube_context: str | None = None
     #: namespaces are <prefix>-<session>
     kube_namespace_prefix: str = "aikernel"
+    #: how the test process reaches a stack on Kubernetes: port-forwards on 127.0.0.1, or
+    #: NodePort Services at a node's address
+    kube_access: Literal["forward", "nodeport"] = "forward"
+    #: nodeport access: the node address to connect to (None: picked from the cluster's nodes)
+    kube_node_address: str | None = None
     #: JVM start-up settings for Elasticsearch, Neo4j, Kafka and ZooKeeper
     jvm_tuning: bool = True
     #: where each setting came from ("--aikernel-image", "-o aikernel_images",
@@ -580,6 +609,35 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         kube_namespace_prefix = text
         sources["kube_namespace_prefix"] = src
 
+    value, src, _ = pick("kube_access")
+    kube_access: Literal["forward", "nodeport"] = "forward"
+    if value is not None:
+        text = _as_str(value).strip().lower()
+        if text not in ("forward", "nodeport"):
+            raise ConfigError(f"{src}: expected 'forward' or 'nodeport', got {_as_str(value)!r}")
+        kube_access = "nodeport" if text == "nodeport" else "forward"
+        sources["kube_access"] = src
+    if kube_access == "nodeport" and runtime != "kubernetes":
+        where = f", from {sources['runtime']}" if "runtime" in sources else " by default"
+        raise ConfigError(
+            f"{sources['kube_access']}: nodeport access is for a stack on Kubernetes; set "
+            f"--aikernel-runtime kubernetes (the runtime is docker{where}) or remove the setting"
+        )
+
+    value, src, _ = pick("kube_node_address")
+    kube_node_address: str | None = None
+    if value is not None and _as_str(value).strip():
+        kube_node_address = _parse_node_address(_as_str(value).strip(), src)
+        sources["kube_node_address"] = src
+        if kube_access != "nodeport":
+            where = (
+                f", from {sources['kube_access']}" if "kube_access" in sources else " by default"
+            )
+            raise ConfigError(
+                f"{src}: a node address is only used with --aikernel-kube-access nodeport (the "
+                f"access is {kube_access}{where}); set the access to nodeport or remove the setting"
+            )
+
     value, src, _ = pick("fault_wait")
     fault_wait = 300.0
     if value is not None:
@@ -691,6 +749,8 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         runtime=runtime,
         kube_context=kube_context,
         kube_namespace_prefix=kube_namespace_prefix,
+        kube_access=kube_access,
+        kube_node_address=kube_node_address,
         jvm_tuning=jvm_tuning,
         sources=sources,
     )
@@ -873,6 +933,27 @@ def _parse_address(text: str, src: str) -> str:
             f"{src}: {text!r} is not an IP address (e.g. 127.0.0.1, 0.0.0.0, 10.0.0.5 or ::1); "
             "use auto for the default"
         ) from None
+
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _parse_node_address(text: str, src: str) -> str:
+    """A node's IP address (IPv4 or IPv6, without brackets) or DNS name."""
+    import ipaddress
+
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(text.strip("[]")))
+    if _HOSTNAME.match(text) and not text.replace(".", "").isdigit():
+        return text.rstrip(".").lower()
+    raise ConfigError(
+        f"{src}: {text!r} is not a node address: give the IP address or DNS name of a cluster "
+        "node that this machine reaches (e.g. 10.0.0.5 or node-1.example.com), without a port; "
+        "leave it unset to pick one from the cluster's nodes"
+    )
 
 
 def _parse_positive_float(text: str, src: str) -> float:

@@ -84,6 +84,8 @@ def make_runtime(
             prefix=settings.kube_namespace_prefix,
             startup_timeout=settings.startup_timeout,
             reused=owner is not None and owner.host == "reuse",
+            access=settings.kube_access,
+            node_address=settings.kube_node_address,
         )
     return DockerRuntime(
         session_id,
@@ -319,7 +321,7 @@ class Stack:
         pool.shutdown(wait=True)
         if failures:
             self.forget(new)
-            raise StackStartError(failures, external=self.external)
+            raise StackStartError(failures, external=self.external, removed=self._removed())
         if grown:
             added = frozenset(new)
             for name in sorted(grown):
@@ -329,7 +331,14 @@ class Stack:
                     failures.append(self._as_failure(name, exc))
             if failures:
                 self.forget(new)
-                raise StackStartError(failures, external=self.external)
+                raise StackStartError(failures, external=self.external, removed=self._removed())
+
+    def _removed(self) -> str:
+        """What a failed start left behind, for its error: nothing it made."""
+        namespace = getattr(self.runtime, "namespace", None)
+        if self.runtime.kind == "kubernetes" and namespace:
+            return f"Every pod this start made was deleted from namespace {namespace}."
+        return "Every container this start made was removed."
 
     def forget(self, names: Iterable[str], *, remove: bool = True) -> None:
         """Drop ``names`` from the stack; with ``remove``, remove their containers too (a

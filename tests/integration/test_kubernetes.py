@@ -399,6 +399,7 @@ def test_an_unschedulable_pod_is_reported_with_its_events(
     namespace = re.search(r"Events of pod redis in ci-team-([0-9a-f]{12})", text)
     assert namespace is not None, text[-3000:]
     session = namespace.group(1)
+    assert f"Every pod this start made was deleted from namespace ci-team-{session}" in text
     assert _gone(kube, session), "the failed run's namespace was left"
 
 
@@ -450,3 +451,193 @@ def test_an_image_the_cluster_cannot_pull_names_the_setting(
     assert "redis: the cluster cannot get the image 'localhost:1/none:1'" in text, text[-4000:]
     assert "--aikernel-image redis=IMAGE" in text, text[-4000:]
     assert "Events of pod redis" in text, text[-4000:]
+
+
+# ---- NodePort access ----------------------------------------------------------------------------
+
+#: the test cluster's node: its InternalIP (tests/k8s/cluster NODE_IP), on the bridge it made;
+#: kube-proxy opens node ports only on that bridge's subnet
+NODE_IP = "10.213.90.1"
+
+NODEPORT_SUITE = """
+import os
+from pathlib import Path
+
+NODE = os.environ["K8S_NODE_IP"]
+
+
+def _node_port(port):
+    return 30000 <= port <= 32767
+
+
+def _forwarders():
+    cache = os.environ["XDG_CACHE_HOME"]
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\\0")
+        except OSError:
+            continue
+        if b"pytest_aikernel.runtime.kubeforward" in args and any(
+            a.decode(errors="replace").startswith(cache) for a in args
+        ):
+            found.append(proc.name)
+    return found
+
+
+def _node_port_services(stack):
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(client_configuration=cfg, persist_config=False)
+    api = client.CoreV1Api(client.ApiClient(cfg))
+    items = api.list_namespaced_service(stack.runtime.namespace).items
+    return {
+        s.metadata.name: [p.node_port for p in s.spec.ports]
+        for s in items
+        if s.spec.type == "NodePort"
+    }
+
+
+def test_postgres_through_its_node_port(aikernel_postgres):
+    assert aikernel_postgres.host == NODE and _node_port(aikernel_postgres.port)
+    with aikernel_postgres.connect("postgres") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("aikernel",)
+        conn.execute("CREATE TEMP TABLE t (x int)")
+        conn.execute("INSERT INTO t VALUES (7)")
+        assert conn.execute("SELECT x FROM t").fetchone() == (7,)
+
+
+def test_redis_through_its_node_port(aikernel_redis):
+    assert aikernel_redis.host == NODE and _node_port(aikernel_redis.port)
+    cache = aikernel_redis.client()
+    cache.set("greeting", "hello")
+    assert cache.get("greeting") == b"hello"
+
+
+def test_kafka_advertises_the_node_address(aikernel_kafka):
+    host, _, port = aikernel_kafka.bootstrap_servers.rpartition(":")
+    assert host == NODE and _node_port(int(port))
+    # what the broker tells its clients to come back to: the node address and node port
+    metadata = aikernel_kafka.admin().list_topics(timeout=30)
+    (broker,) = metadata.brokers.values()
+    assert (broker.host, broker.port) == (NODE, int(port))
+    aikernel_kafka.produce("nodeport-topic", b"through the node port", timeout=30)
+    message = aikernel_kafka.consume_until(
+        "nodeport-topic", lambda m: m.value() == b"through the node port", timeout=60
+    )
+    assert message.value() == b"through the node port"
+
+
+def test_the_node_ports_are_the_services_and_no_forwarder_runs(
+    aikernel_stack, aikernel_postgres, aikernel_redis, aikernel_kafka
+):
+    services = _node_port_services(aikernel_stack)
+    assert services["postgres-nodeport"] == [aikernel_postgres.port]
+    assert services["redis-nodeport"] == [aikernel_redis.port]
+    assert services["kafka-nodeport"] == [int(aikernel_kafka.bootstrap_servers.rsplit(":", 1)[1])]
+    assert _forwarders() == []
+    kube = Path(os.environ["XDG_CACHE_HOME"]) / "pytest-aikernel" / "kube"
+    assert not list(kube.glob("*/forwarder.log")), list(kube.iterdir())
+"""
+
+
+def test_nodeport_access_reaches_postgres_redis_and_kafka(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    """``--aikernel-kube-access nodeport`` on a cluster with kube-proxy, under xdist: psycopg,
+    redis and confluent-kafka reach the services at the node address picked from the node (its
+    InternalIP) on node ports; Kafka advertises that address; no forwarder runs; the namespace
+    (with its NodePort Services) is deleted at the end."""
+    (tmp_path / "test_nodeport.py").write_text(NODEPORT_SUITE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    env = {**kube, "K8S_NODE_IP": NODE_IP, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # under xdist: one worker starts what the other attaches to, reached the same way
+    done = _pytest(
+        env, "-p", "no:cacheprovider", "-n", "2", "--aikernel-kube-access", "nodeport", cwd=tmp_path
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-6000:]
+    assert "4 passed" in text, text[-3000:]
+    header = f"services at {NODE_IP} (InternalIP of node aik8s-node) through NodePort Services"
+    assert header in text, text[:3000]
+    session = _session(text)
+    assert _docker_containers(session) == []
+    assert _gone(kube, session), f"the namespace of session {session} is still there"
+
+
+def test_nodeport_access_uses_the_configured_node_address(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    """The node address setting is what the services are reached at: 127.0.0.1 here, where
+    kube-proxy opens no node port (only on the cluster's bridge), so the start fails there,
+    naming that address; the namespace is still deleted."""
+    (tmp_path / "test_address.py").write_text(
+        "def test_redis(aikernel_redis):\n    aikernel_redis.client().ping()\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = {
+        **kube,
+        "AIKERNEL_KUBE_ACCESS": "nodeport",
+        "AIKERNEL_KUBE_NODE_ADDRESS": "127.0.0.1",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    done = _pytest(env, "-p", "no:cacheprovider", "--aikernel-startup-timeout", "6", cwd=tmp_path)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-3000:]
+    assert "services at 127.0.0.1 (--aikernel-kube-node-address)" in text, text[:3000]
+    assert "redis (" in text and "was not ready after" in text, text[-4000:]
+    session = _session(text)
+    assert _gone(kube, session), f"the namespace of session {session} is still there"
+
+
+def test_nodeport_access_under_reuse_is_reached_the_same_way(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    """A reused stack started with NodePort access is found again and reached at the node
+    port it was recorded with; the state records the access; `aikernel down` removes it."""
+    import json
+
+    env = {
+        **kube,
+        "AIKERNEL_KUBE_ACCESS": "nodeport",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "K8S_NODE_IP": NODE_IP,
+    }
+    (tmp_path / "test_reuse.py").write_text(
+        "import os\n\n"
+        "def test_redis(aikernel_redis):\n"
+        "    assert aikernel_redis.host == os.environ['K8S_NODE_IP']\n"
+        "    print('REDIS-PORT', aikernel_redis.port)\n"
+        "    assert aikernel_redis.client().ping()\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    try:
+        first = _pytest(env, "-p", "no:cacheprovider", "-s", "--aikernel-reuse", cwd=tmp_path)
+        text = first.stdout + first.stderr
+        assert first.returncode == 0, text[-6000:]
+        session = _session(text)
+        (state_file,) = (tmp_path / "cache" / "pytest-aikernel" / "reuse").glob("*/stack.json")
+        state = json.loads(state_file.read_text())
+        assert state["runtime"]["access"] == "nodeport", state["runtime"]
+        assert state["runtime"]["node_address"] == NODE_IP, state["runtime"]
+        assert state["services"]["redis"]["host"] == NODE_IP
+        second = _pytest(env, "-p", "no:cacheprovider", "-s", "--aikernel-reuse", cwd=tmp_path)
+        text2 = second.stdout + second.stderr
+        assert second.returncode == 0, text2[-6000:]
+        assert f"reusing redis (session {session})" in text2, text2[-3000:]
+        ports = re.findall(r"REDIS-PORT (\d+)", text + text2)
+        assert len(ports) == 2 and ports[0] == ports[1], ports
+    finally:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest_aikernel", "down"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "removed reused redis" in done.stderr, done.stderr
+    assert _gone(kube, session), "aikernel down left the reused namespace"

@@ -8,8 +8,12 @@ Like the Docker runtime it knows no service. A :class:`ContainerSpec` becomes:
   run already (in-network addresses work where the cluster has no DNS);
 - a headless Service of the same name (cluster DNS resolves the alias to the pod where the
   cluster has DNS, also for services started later);
-- forwards on 127.0.0.1 of this machine, kept by the stack's forwarder process
-  (``kubeforward.py``), so the test process and every process of the run reach the same ports.
+- with ``--aikernel-kube-access forward`` (the default): forwards on 127.0.0.1 of this machine,
+  kept by the stack's forwarder process (``kubeforward.py``), so the test process and every
+  process of the run reach the same ports;
+- with ``--aikernel-kube-access nodeport``: a Service ``<alias>-nodeport`` of type NodePort,
+  reached at a node's address (``--aikernel-kube-node-address``, else picked from the nodes);
+  no forwarder runs.
 
 The namespace is ``<prefix>-<session>``, labelled with the session (and the reuse project) and
 annotated with its owner; removing the stack deletes it. The Kubernetes client is imported only
@@ -42,6 +46,10 @@ MANAGER = "pytest-aikernel"
 UNSCHEDULABLE_GRACE = 20.0
 #: waiting reasons of a container whose image cannot be had
 _IMAGE_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+#: the API server's default --service-node-port-range (the range in use is asked for once)
+NODE_PORT_RANGE = (30000, 32767)
+#: the name of a service's NodePort Service is its alias with this suffix
+NODE_PORT_SUFFIX = "-nodeport"
 #: where the init container of a pod with files finds them (a ConfigMap) and puts them
 FILES_SRC = "/aikernel-files-src"
 FILES_DST = "/aikernel-files"
@@ -129,7 +137,8 @@ class Cluster:
 
     endpoint: str
     context: str
-    #: where services are reached from the test process: forwards on this address
+    #: where services are reached from the test process: forwards on this address, or the
+    #: node address of NodePort access
     host: str = LOOPBACK
     bind: str = LOOPBACK
     bind_source: str = "default"
@@ -137,6 +146,8 @@ class Cluster:
     local: bool = True
     source: str = "kubeconfig"
     host_source: str = "port-forward"
+    #: "forward" or "nodeport" (--aikernel-kube-access)
+    access: str = "forward"
 
     @property
     def attached(self) -> bool:
@@ -147,10 +158,52 @@ class Cluster:
         return False
 
     def describe(self) -> str:
-        return (
-            f"Kubernetes {self.endpoint} (context {self.context or 'in-cluster'}); services "
-            f"at {self.host} through the stack's port-forwards"
-        )
+        where = f"Kubernetes {self.endpoint} (context {self.context or 'in-cluster'})"
+        if self.access == "nodeport":
+            return (
+                f"{where}; services at {self.host} ({self.host_source}) through NodePort "
+                "Services (--aikernel-kube-access nodeport)"
+            )
+        return f"{where}; services at {self.host} through the stack's port-forwards"
+
+
+def pick_node_address(nodes: Iterable[Any]) -> tuple[str, str] | None:
+    """(address, where it came from) of the node the test process connects to for NodePort
+    access: the first ExternalIP of a Ready node (by node name) if any Ready node has one, else
+    the first InternalIP of a Ready node; None when no Ready node has either."""
+    ready = []
+    for node in nodes:
+        conditions = (node.status.conditions if node.status else None) or []
+        if any(c.type == "Ready" and c.status == "True" for c in conditions):
+            ready.append(node)
+    ready.sort(key=lambda n: str(n.metadata.name))
+    for kind in ("ExternalIP", "InternalIP"):
+        for node in ready:
+            for address in node.status.addresses or []:
+                if address.type == kind and address.address:
+                    return str(address.address), f"{kind} of node {node.metadata.name}"
+    return None
+
+
+def node_ports_in_use(services: Iterable[Any]) -> set[int]:
+    """The node ports that ``services`` (V1Service objects of the whole cluster) hold."""
+    used: set[int] = set()
+    for svc in services:
+        for port in (svc.spec.ports if svc.spec else None) or []:
+            if port.node_port:
+                used.add(int(port.node_port))
+    return used
+
+
+def node_port_range(message: str) -> tuple[int, int] | None:
+    """The node-port range an API server names when it refuses a node port out of it."""
+    import re
+
+    found = re.search(r"range of valid ports is (\d+)-(\d+)", message)
+    if found is None:
+        return None
+    low, high = int(found.group(1)), int(found.group(2))
+    return (low, high) if 0 < low <= high < 65536 else None
 
 
 @dataclass(frozen=True)
@@ -182,6 +235,8 @@ class KubernetesRuntime:
         prefix: str = "aikernel",
         startup_timeout: float = 120.0,
         reused: bool = False,
+        access: str = "forward",
+        node_address: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.owner = owner or Owner.current()
@@ -192,6 +247,15 @@ class KubernetesRuntime:
         self.startup_timeout = startup_timeout
         #: a reused stack has no owner process: its forwarder never deletes it
         self.reused = reused
+        #: "forward": the stack's port-forwards on 127.0.0.1; "nodeport": NodePort Services
+        #: reached at ``node_address`` (None: picked from the cluster's nodes)
+        if access not in ("forward", "nodeport"):
+            raise ValueError(f"access must be 'forward' or 'nodeport', not {access!r}")
+        self.access = access
+        self.node_address = node_address
+        self._node: tuple[str, str] | None = None  # (address, where it came from)
+        self._node_port_range: tuple[int, int] | None = None
+        self._picked: set[int] = set()  # node ports chosen here, maybe not yet taken
         self._cfg: Any = None
         self._api: Any = None
         self._namespace_ready = False
@@ -221,14 +285,116 @@ class KubernetesRuntime:
             return self._api
 
     @property
+    def nodeport(self) -> bool:
+        """Whether the services are reached through NodePort Services (no forwarder)."""
+        return self.access == "nodeport"
+
+    @property
     def engine(self) -> Cluster:
         api = self.client
-        return Cluster(
-            endpoint=str(api.api_client.configuration.host), context=current_context(self.context)
-        )
+        endpoint = str(api.api_client.configuration.host)
+        context = current_context(self.context)
+        if self.nodeport:
+            address, where = self.node()
+            return Cluster(
+                endpoint=endpoint,
+                context=context,
+                host=address,
+                bind=address,
+                bind_source=where,
+                host_source=where,
+                access="nodeport",
+            )
+        return Cluster(endpoint=endpoint, context=context)
+
+    def node(self) -> tuple[str, str]:
+        """(address, where it came from) of the node that NodePort access connects to:
+        --aikernel-kube-node-address, else one picked from the cluster's nodes."""
+        with self._lock:
+            if self._node is not None:
+                return self._node
+        found: tuple[str, str] | None = None
+        if self.node_address:
+            found = (self.node_address, "--aikernel-kube-node-address")
+        else:
+            try:
+                nodes = self.client.list_node(_request_timeout=10).items
+            except Exception as exc:
+                raise ServiceError(
+                    "stack",
+                    f"--aikernel-kube-access nodeport: cannot list the cluster's nodes to pick "
+                    f"the address to connect to ({_short(exc)}). Set "
+                    "--aikernel-kube-node-address to a node address this machine reaches, or "
+                    "give the kubeconfig's user 'list' on nodes.",
+                ) from None
+            found = pick_node_address(nodes)
+            if found is None:
+                raise ServiceError(
+                    "stack",
+                    "--aikernel-kube-access nodeport: no Ready node of the cluster has an "
+                    "ExternalIP or InternalIP address. Set --aikernel-kube-node-address to a "
+                    "node address this machine reaches, or use --aikernel-kube-access forward.",
+                )
+        with self._lock:
+            self._node = found
+            return self._node
 
     def free_port(self) -> int:
-        return free_forward_port()
+        """A host port chosen before the service starts (Kafka advertises it): a free port on
+        127.0.0.1 for a forward, or a node port no Service of the cluster holds."""
+        if not self.nodeport:
+            return free_forward_port()
+        import random
+
+        low, high = self.node_port_range()
+        try:
+            services = self.client.list_service_for_all_namespaces(_request_timeout=10).items
+            used = node_ports_in_use(services)
+        except Exception:
+            used = set()  # not allowed to list them all: the API server refuses a taken one
+        with self._lock:
+            free = [p for p in range(low, high + 1) if p not in used and p not in self._picked]
+            if not free:
+                raise ServiceError(
+                    "stack",
+                    f"--aikernel-kube-access nodeport: every node port of the cluster's range "
+                    f"{low}-{high} is taken. Delete Services of type NodePort, or use "
+                    "--aikernel-kube-access forward.",
+                )
+            port = random.choice(free)
+            self._picked.add(port)
+        return port
+
+    def node_port_range(self) -> tuple[int, int]:
+        """The cluster's node-port range, asked for once: the API server names it when it
+        refuses a Service that asks for node port 1 (a dry run is not enough: it does not check
+        the range); 30000-32767 when it does not say."""
+        if self._node_port_range is not None:
+            return self._node_port_range
+        from kubernetes.client.exceptions import ApiException
+
+        found = None
+        self.create_network()
+        name = f"range-probe{NODE_PORT_SUFFIX}"
+        probe = {
+            "metadata": {"name": name, "labels": self.labels()},
+            "spec": {
+                "type": "NodePort",
+                "selector": {LABEL_SESSION: self.session_id, LABEL_SERVICE: "none"},
+                "ports": [{"port": 1, "targetPort": 1, "nodePort": 1, "protocol": "TCP"}],
+            },
+        }
+        try:
+            self.client.create_namespaced_service(self.namespace, probe, _request_timeout=10)
+        except ApiException as exc:
+            found = node_port_range(str(exc.body or ""))
+        except Exception:
+            found = None
+        else:  # a range with port 1 in it: nothing to learn, and the probe goes
+            with contextlib.suppress(Exception):
+                self.client.delete_namespaced_service(name, self.namespace)
+        self._node_port_range = found or NODE_PORT_RANGE
+        return self._node_port_range
 
     def engine_version(self) -> str:
         from kubernetes import client
@@ -287,9 +453,12 @@ class KubernetesRuntime:
         return Path(base) / "pytest-aikernel" / "kube" / f"{where}-{self.namespace}"
 
     def _ensure_forwarder(self) -> None:
-        """Start the namespace's forwarder on this machine unless one runs."""
+        """Start the namespace's forwarder on this machine unless one runs (none with NodePort
+        access: nothing is forwarded)."""
         import fcntl
 
+        if self.nodeport:
+            return
         folder = self.forward_folder
         folder.mkdir(parents=True, exist_ok=True)
         owner = "" if self.reused else self.owner.label()
@@ -394,12 +563,19 @@ class KubernetesRuntime:
         self.create_network()
         api = self.client
         fixed = {**dict(host_ports or {}), **spec.host_ports}
-        local = {port: fixed.get(port) or self.free_port() for port in spec.ports}
+        if self.nodeport:
+            host = self.node()[0]
+            ports: dict[int, int] = {}  # node ports: known once the Service is made
+        else:
+            host = LOOPBACK
+            ports = {port: fixed.get(port) or self.free_port() for port in spec.ports}
         started = time.monotonic()
         try:
             if spec.files:
                 api.create_namespaced_config_map(self.namespace, self._config_map(service, spec))
             api.create_namespaced_service(self.namespace, self._service(service, spec))
+            if self.nodeport and spec.ports:
+                ports = self._create_node_port_service(service, spec, fixed)
             pod = api.create_namespaced_pod(self.namespace, self._pod(service, spec, labels))
         except ApiException as exc:
             raise ServiceError(
@@ -410,16 +586,52 @@ class KubernetesRuntime:
         with self._lock:
             self._services[service] = str(pod.metadata.uid)
         self._wait_running(service, spec, started)
-        self._forward(service, local)
+        if not self.nodeport:
+            self._forward(service, ports)
         return Running(
             service=service,
             image=spec.image,
             container_id=f"{self.namespace}/{service}/{pod.metadata.uid}",
-            host=LOOPBACK,
-            ports=local,
+            host=host,
+            ports=ports,
             internal_host=service,
             started_at=started,
         )
+
+    def _create_node_port_service(
+        self, service: str, spec: ContainerSpec, fixed: Mapping[int, int]
+    ) -> dict[int, int]:
+        """Make ``service``'s NodePort Service; container port -> node port. A fixed port
+        (Kafka's advertised one) is asked for; the API server assigns the others."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = self._node_port_service(service, spec, fixed)
+        try:
+            made = self.client.create_namespaced_service(self.namespace, body)
+        except ApiException as exc:
+            if exc.status != 422:
+                raise
+            asked = ", ".join(str(fixed[p]) for p in spec.ports if fixed.get(p)) or "none"
+            low, high = self._node_port_range or NODE_PORT_RANGE
+            raise ServiceError(
+                service,
+                f"{service}: the cluster refused the node ports of its Service "
+                f"{service}{NODE_PORT_SUFFIX} (asked for: {asked}): {_short(exc)}. "
+                f"--aikernel-kube-access nodeport needs free node ports in the cluster's range "
+                f"(the API server's --service-node-port-range; {low}-{high} was assumed): "
+                "another Service took the port since it was chosen, the port is out of the "
+                "range, or the range is full. Delete unused NodePort Services, or use "
+                "--aikernel-kube-access forward.",
+            ) from None
+        out = {int(p.port): int(p.node_port) for p in made.spec.ports or [] if p.node_port}
+        missing = [p for p in spec.ports if p not in out]
+        if missing:
+            raise ServiceError(
+                service,
+                f"{service}: its Service {service}{NODE_PORT_SUFFIX} got no node port for "
+                f"{', '.join(map(str, missing))} (--aikernel-kube-access nodeport)",
+            )
+        return out
 
     def _pod(
         self, service: str, spec: ContainerSpec, labels: Mapping[str, str] | None
@@ -453,6 +665,11 @@ class KubernetesRuntime:
         for i, (path, _options) in enumerate(sorted(spec.tmpfs.items())):
             volumes.append({"name": f"tmpfs{i}", "emptyDir": {"medium": "Memory"}})
             mounts.append({"name": f"tmpfs{i}", "mountPath": path})
+        # caches that outlive a stack on Docker: nothing outlives a pod here, so each is an
+        # empty folder (writable by any user) that lives as long as the pod
+        for i, (_name, path) in enumerate(sorted(spec.volumes.items())):
+            volumes.append({"name": f"cache{i}", "emptyDir": {}})
+            mounts.append({"name": f"cache{i}", "mountPath": path})
         init: list[dict[str, Any]] = []
         if spec.files:
             # A ConfigMap volume is read-only, and a file of it mounted by subPath never
@@ -553,6 +770,32 @@ class KubernetesRuntime:
                 {"name": f"p{p}", "port": p, "targetPort": p, "protocol": "TCP"} for p in spec.ports
             ]
         return body
+
+    def _node_port_service(
+        self, service: str, spec: ContainerSpec, fixed: Mapping[int, int]
+    ) -> dict[str, Any]:
+        """The NodePort Service of ``service``: each port of the spec on a node port of every
+        node (kube-proxy, or what stands in for it, carries it to the pod)."""
+        ports = []
+        for port in spec.ports:
+            entry: dict[str, Any] = {
+                "name": f"p{port}",
+                "port": port,
+                "targetPort": port,
+                "protocol": "TCP",
+            }
+            if fixed.get(port):
+                entry["nodePort"] = fixed[port]
+            ports.append(entry)
+        return {
+            "metadata": {"name": f"{service}{NODE_PORT_SUFFIX}", "labels": self.labels(service)},
+            "spec": {
+                "type": "NodePort",
+                "publishNotReadyAddresses": True,
+                "selector": {LABEL_SESSION: self.session_id, LABEL_SERVICE: service},
+                "ports": ports,
+            },
+        }
 
     def _config_map(self, service: str, spec: ContainerSpec) -> dict[str, Any]:
         data = {
@@ -838,12 +1081,14 @@ class KubernetesRuntime:
         for service in services:
             with self._lock:
                 self._services.pop(service, None)
-            for call in (
-                api.delete_namespaced_pod,
-                api.delete_namespaced_service,
-                api.delete_namespaced_config_map,
+            # the NodePort Service too whatever this runtime's access: a reused stack's
+            # services may have been started with the other one
+            for call, name in (
+                (api.delete_namespaced_pod, service),
+                (api.delete_namespaced_service, service),
+                (api.delete_namespaced_service, f"{service}{NODE_PORT_SUFFIX}"),
+                (api.delete_namespaced_config_map, f"{service}-files"),
             ):
-                name = f"{service}-files" if call == api.delete_namespaced_config_map else service
                 with contextlib.suppress(Exception):
                     call(name, self.namespace, grace_period_seconds=0)
         # a pod of the same name cannot be made before the old one is gone
@@ -887,12 +1132,16 @@ class KubernetesRuntime:
 
     def describe(self) -> dict[str, Any]:
         """What ``aikernel down`` needs to find this runtime's stack again."""
-        return {
+        out: dict[str, Any] = {
             "kind": "kubernetes",
             "context": self.context,
             "prefix": self.namespace[: -len(self.session_id) - 1],
             "namespace": self.namespace,
+            "access": self.access,
         }
+        if self.nodeport:
+            out["node_address"] = self._node[0] if self._node else self.node_address
+        return out
 
     def detach(self) -> None:
         """This process lets go; the stack stays (xdist, reuse)."""
