@@ -28,17 +28,19 @@ def call(url: str, method: str = "GET") -> Any:
 
 @pytest.fixture(scope="session")
 def catalog_image() -> str:
-    """The service's image, built from its Dockerfile once per session."""
+    """The service's image, built from its Dockerfile once per session (per xdist worker)."""
     import docker
 
+    tag = "catalog-service:test"
     client = docker.from_env()
     try:
-        image, _ = client.images.build(
-            path=str(ROOT), tag="catalog-service:test", buildargs={"BASE": BASE}, rm=True
-        )
-        return str(image.tags[0])
+        client.images.build(path=str(ROOT), tag=tag, buildargs={"BASE": BASE}, rm=True)
     finally:
         client.close()
+    # the tag, not this build's image: xdist workers build at once, and on an engine without
+    # the layers cached each build makes an image of its own; the last one takes the tag and
+    # the others are left without any (seen on a fresh CI machine). They are the same build.
+    return tag
 
 
 @pytest.fixture
