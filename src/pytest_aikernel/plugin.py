@@ -137,8 +137,9 @@ def _kubernetes_header(settings: Settings) -> list[str]:
         f"aikernel: {cluster.describe()}, server {version}",
         f"aikernel: a namespace {settings.kube_namespace_prefix}-<session> per stack; a killed "
         + (
-            "run's namespace is deleted by the next run (no port-forwarder with NodePort access)"
-            if runtime.nodeport
+            f"run's namespace is deleted by the next run (no port-forwarder with {runtime.access} "
+            "access)"
+            if not runtime.forwarded
             else "run's namespace is deleted by its port-forwarder, or by the next run"
         ),
     ]

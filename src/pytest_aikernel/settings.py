@@ -283,13 +283,14 @@ OPTIONS = (
         cli="--aikernel-kube-access",
         ini="aikernel_kube_access",
         env="AIKERNEL_KUBE_ACCESS",
-        metavar="forward|nodeport",
+        metavar="forward|nodeport|loadbalancer",
         help="with --aikernel-runtime kubernetes: how the test process reaches the services: "
-        "forward (port-forwards on 127.0.0.1 through the API server) or nodeport (a NodePort "
+        "forward (port-forwards on 127.0.0.1 through the API server), nodeport (a NodePort "
         "Service per service, reached at a node's address; needs kube-proxy or an equivalent "
-        "and nodes this machine reaches)",
+        "and nodes this machine reaches) or loadbalancer (a LoadBalancer Service per service, "
+        "reached at the address the cluster's load-balancer controller gives it)",
         default="forward",
-        choices=("forward", "nodeport"),
+        choices=("forward", "nodeport", "loadbalancer"),
     ),
     Option(
         field="kube_node_address",
@@ -389,7 +390,7 @@ class Settings:
     kube_namespace_prefix: str = "aikernel"
     #: how the test process reaches a stack on Kubernetes: port-forwards on 127.0.0.1, or
     #: NodePort Services at a node's address
-    kube_access: Literal["forward", "nodeport"] = "forward"
+    kube_access: Literal["forward", "nodeport", "loadbalancer"] = "forward"
     #: nodeport access: the node address to connect to (None: picked from the cluster's nodes)
     kube_node_address: str | None = None
     #: JVM start-up settings for Elasticsearch, Neo4j, Kafka and ZooKeeper
@@ -610,17 +611,24 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         sources["kube_namespace_prefix"] = src
 
     value, src, _ = pick("kube_access")
-    kube_access: Literal["forward", "nodeport"] = "forward"
+    kube_access: Literal["forward", "nodeport", "loadbalancer"] = "forward"
     if value is not None:
         text = _as_str(value).strip().lower()
-        if text not in ("forward", "nodeport"):
-            raise ConfigError(f"{src}: expected 'forward' or 'nodeport', got {_as_str(value)!r}")
-        kube_access = "nodeport" if text == "nodeport" else "forward"
+        if text == "forward":
+            kube_access = "forward"
+        elif text == "nodeport":
+            kube_access = "nodeport"
+        elif text == "loadbalancer":
+            kube_access = "loadbalancer"
+        else:
+            raise ConfigError(
+                f"{src}: expected 'forward', 'nodeport' or 'loadbalancer', got {_as_str(value)!r}"
+            )
         sources["kube_access"] = src
-    if kube_access == "nodeport" and runtime != "kubernetes":
+    if kube_access != "forward" and runtime != "kubernetes":
         where = f", from {sources['runtime']}" if "runtime" in sources else " by default"
         raise ConfigError(
-            f"{sources['kube_access']}: nodeport access is for a stack on Kubernetes; set "
+            f"{sources['kube_access']}: {kube_access} access is for a stack on Kubernetes; set "
             f"--aikernel-runtime kubernetes (the runtime is docker{where}) or remove the setting"
         )
 

@@ -633,13 +633,13 @@ class Stack:
             text += f"\nLast {LOG_TAIL} log lines of {name} ({running.container_id[:12]}):\n{shown}"
         return kind(name, self.secrets.mask(text))
 
-    def _published(self) -> tuple[str, int] | None:
-        """(host address, a free host port) for a service that must advertise its host side
-        (Kafka); None in attached mode, where the test process uses the service's alias."""
-        engine = self.runtime.engine
-        if engine.attached:
+    def _published(self, service: str, port: int) -> tuple[str, int] | None:
+        """(host address, host port) at which the test process will reach container port
+        ``port`` of ``service``, for a service that must advertise its host side (Kafka); None
+        in attached mode, where the test process uses the service's alias."""
+        if self.runtime.engine.attached:
             return None
-        return engine.host, self.runtime.free_port()
+        return self.runtime.publish(service, port)
 
     def _put_file(self, service: str, path: str, content: bytes) -> bool:
         if self.external:

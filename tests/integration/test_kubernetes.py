@@ -7,12 +7,14 @@ may leave a container on the Docker engine or a namespace on the cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,7 +133,9 @@ def _pytest(
 
 
 def _session(text: str) -> str:
-    found = re.search(r"\bsession (r?[0-9a-f]{12})\b", text)
+    found = re.search(r"\bsession (r?[0-9a-f]{12})\b", text) or re.search(
+        r"\bnamespace [a-z-]+-(r?[0-9a-f]{12})\b", text
+    )
     assert found is not None, text[-3000:]
     return found.group(1)
 
@@ -460,6 +464,7 @@ def test_an_image_the_cluster_cannot_pull_names_the_setting(
 NODE_IP = "10.213.90.1"
 
 NODEPORT_SUITE = """
+import contextlib
 import os
 from pathlib import Path
 
@@ -485,13 +490,14 @@ def _forwarders():
     return found
 
 
-def _node_port_services(stack):
+def _node_port_services():
     from kubernetes import client, config
 
     cfg = client.Configuration()
     config.load_kube_config(client_configuration=cfg, persist_config=False)
     api = client.CoreV1Api(client.ApiClient(cfg))
-    items = api.list_namespaced_service(stack.runtime.namespace).items
+    # the run's stack: the only one on the test cluster while this runs
+    items = api.list_service_for_all_namespaces(label_selector="pytest-aikernel.session").items
     return {
         s.metadata.name: [p.node_port for p in s.spec.ports]
         for s in items
@@ -530,9 +536,9 @@ def test_kafka_advertises_the_node_address(aikernel_kafka):
 
 
 def test_the_node_ports_are_the_services_and_no_forwarder_runs(
-    aikernel_stack, aikernel_postgres, aikernel_redis, aikernel_kafka
+    aikernel_postgres, aikernel_redis, aikernel_kafka
 ):
-    services = _node_port_services(aikernel_stack)
+    services = _node_port_services()
     assert services["postgres-nodeport"] == [aikernel_postgres.port]
     assert services["redis-nodeport"] == [aikernel_redis.port]
     assert services["kafka-nodeport"] == [int(aikernel_kafka.bootstrap_servers.rsplit(":", 1)[1])]
@@ -641,3 +647,141 @@ def test_nodeport_access_under_reuse_is_reached_the_same_way(
     assert done.returncode == 0, done.stderr[-3000:]
     assert "removed reused redis" in done.stderr, done.stderr
     assert _gone(kube, session), "aikernel down left the reused namespace"
+
+
+# ---- LoadBalancer access ------------------------------------------------------------------------
+
+#: what the test's load-balancer controller gives LoadBalancer Services (tests/k8s/cluster
+#: routes it to its bridge, where kube-proxy carries it to the pods)
+LB_POOL = "10.213.92."
+
+
+@contextlib.contextmanager
+def _load_balancer_controller(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """What a cloud provider, MetalLB or k3s's ServiceLB does, reduced to the part the plugin
+    sees: each LoadBalancer Service of a stack gets an address of LB_POOL in its status.
+    Yields service name -> address given."""
+    api = _api(env)
+    given: dict[str, str] = {}
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(0.1):
+            try:
+                items = api.list_service_for_all_namespaces(label_selector=LABEL).items
+            except Exception:
+                continue
+            for svc in items:
+                lb = svc.status.load_balancer if svc.status else None
+                if svc.spec.type != "LoadBalancer" or (lb and lb.ingress):
+                    continue
+                key = f"{svc.metadata.namespace}/{svc.metadata.name}"
+                address = given.setdefault(key, f"{LB_POOL}{10 + len(given)}")
+                body = {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}}
+                with contextlib.suppress(Exception):
+                    api.patch_namespaced_service_status(
+                        svc.metadata.name, svc.metadata.namespace, body
+                    )
+
+    thread = threading.Thread(target=run, name="lb-controller", daemon=True)
+    thread.start()
+    try:
+        yield given
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+LOADBALANCER_SUITE = """
+import contextlib
+import os
+
+POOL = "10.213.92."
+
+
+def test_postgres_at_its_load_balancer(aikernel_postgres):
+    assert aikernel_postgres.host.startswith(POOL) and aikernel_postgres.port == 5432
+    with aikernel_postgres.connect("postgres") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("aikernel",)
+
+
+def test_redis_at_its_load_balancer(aikernel_redis):
+    assert aikernel_redis.host.startswith(POOL) and aikernel_redis.port == 6379
+    cache = aikernel_redis.client()
+    cache.set("greeting", "hello")
+    assert cache.get("greeting") == b"hello"
+
+
+def test_kafka_advertises_its_load_balancer(aikernel_kafka, aikernel_redis, aikernel_postgres):
+    host, _, port = aikernel_kafka.bootstrap_servers.rpartition(":")
+    assert host.startswith(POOL) and int(port) == 29092
+    # an address of its own: each service has its LoadBalancer Service
+    assert len({host, aikernel_redis.host, aikernel_postgres.host}) == 3
+    metadata = aikernel_kafka.admin().list_topics(timeout=30)
+    (broker,) = metadata.brokers.values()
+    assert (broker.host, broker.port) == (host, 29092)
+    aikernel_kafka.produce("lb-topic", b"through the load balancer", timeout=30)
+    message = aikernel_kafka.consume_until(
+        "lb-topic", lambda m: m.value() == b"through the load balancer", timeout=60
+    )
+    assert message.value() == b"through the load balancer"
+    print("LB-HOSTS", host, aikernel_redis.host, aikernel_postgres.host)
+"""
+
+
+def test_loadbalancer_access_reaches_postgres_redis_and_kafka(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    """``--aikernel-kube-access loadbalancer``: each service gets a LoadBalancer Service and is
+    reached at the address the controller put in its status, on the container's port; Kafka
+    advertises its own; the namespace (with the Services) is deleted at the end."""
+    (tmp_path / "test_lb.py").write_text(LOADBALANCER_SUITE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    env = {**kube, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    with _load_balancer_controller(kube) as given:
+        done = _pytest(
+            env,
+            "-p",
+            "no:cacheprovider",
+            "-s",
+            "--aikernel-kube-access",
+            "loadbalancer",
+            cwd=tmp_path,
+        )
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-6000:]
+    assert "3 passed" in text, text[-3000:]
+    assert "addresses of their LoadBalancer Services" in text, text[:3000]
+    session = _session(text)
+    named = {k.split("/", 1)[1]: v for k, v in given.items() if session in k}
+    assert {"postgres-lb", "redis-lb", "kafka-lb"} <= named.keys(), given
+    hosts = re.search(r"LB-HOSTS (\S+) (\S+) (\S+)", text)
+    assert hosts is not None, text[-3000:]
+    assert hosts.groups() == (named["kafka-lb"], named["redis-lb"], named["postgres-lb"])
+    assert _gone(kube, session), f"the namespace of session {session} is still there"
+
+
+def test_loadbalancer_access_without_a_controller_names_the_setting(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    """No load-balancer controller: the start fails within the start-up timeout, saying which
+    Service got no address and what to use instead; the namespace is deleted."""
+    (tmp_path / "test_nolb.py").write_text(
+        "def test_redis(aikernel_redis):\n    aikernel_redis.client().ping()\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = {
+        **kube,
+        "AIKERNEL_KUBE_ACCESS": "loadbalancer",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    began = time.monotonic()
+    done = _pytest(env, "-p", "no:cacheprovider", "--aikernel-startup-timeout", "5", cwd=tmp_path)
+    took = time.monotonic() - began
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-3000:]
+    assert "redis: its LoadBalancer Service redis-lb in namespace" in text, text[-4000:]
+    assert "--aikernel-kube-access nodeport or forward" in text, text[-4000:]
+    assert took < 120, took
+    session = _session(text)
+    assert _gone(kube, session), f"the namespace of session {session} is still there"

@@ -78,10 +78,12 @@ def test_node_address_is_read_and_normalised(tmp_path: Path) -> None:
 
 def test_a_bad_access_names_the_setting_and_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        resolve(raw(tmp_path, cli={"runtime": "kubernetes", "kube_access": "loadbalancer"}), KNOWN)
+        resolve(raw(tmp_path, cli={"runtime": "kubernetes", "kube_access": "ingress"}), KNOWN)
     assert str(info.value) == (
-        "--aikernel-kube-access: expected 'forward' or 'nodeport', got 'loadbalancer'"
+        "--aikernel-kube-access: expected 'forward', 'nodeport' or 'loadbalancer', got 'ingress'"
     )
+    s = resolve(raw(tmp_path, cli={"runtime": "kubernetes", "kube_access": "LoadBalancer"}), KNOWN)
+    assert s.kube_access == "loadbalancer"
 
 
 def test_nodeport_needs_the_kubernetes_runtime(tmp_path: Path) -> None:
@@ -92,6 +94,8 @@ def test_nodeport_needs_the_kubernetes_runtime(tmp_path: Path) -> None:
     assert "--aikernel-runtime kubernetes" in text and "docker by default" in text
     with pytest.raises(ConfigError, match="docker, from --aikernel-runtime"):
         resolve(raw(tmp_path, cli={"runtime": "docker", "kube_access": "nodeport"}), KNOWN)
+    with pytest.raises(ConfigError, match="loadbalancer access is for a stack on Kubernetes"):
+        resolve(raw(tmp_path, ini={"kube_access": "loadbalancer"}), KNOWN)
     # forward, the default, is harmless with any runtime
     assert resolve(raw(tmp_path, cli={"kube_access": "forward"}), KNOWN).kube_access == "forward"
 
@@ -125,7 +129,7 @@ def test_help_of_the_node_address_says_how_it_is_picked() -> None:
 
     opt = OPTIONS_BY_FIELD["kube_node_address"]
     assert "ExternalIP of a Ready node" in opt.help and "InternalIP" in opt.help
-    assert OPTIONS_BY_FIELD["kube_access"].choices == ("forward", "nodeport")
+    assert OPTIONS_BY_FIELD["kube_access"].choices == ("forward", "nodeport", "loadbalancer")
 
 
 # ---- the node address and node ports --------------------------------------------------------
@@ -199,6 +203,7 @@ class FakeApi:
         self.services: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
         self.calls: list[str] = []
+        self.ingress = ""  # the address a load-balancer controller gives LoadBalancer Services
         self.api_client = SimpleNamespace(configuration=SimpleNamespace(host="https://k8s:6443"))
 
     def create_namespace(self, body: Any) -> None:
@@ -240,6 +245,13 @@ class FakeApi:
                 node_port = 31000 + i
             ports.append(SimpleNamespace(port=port["port"], node_port=node_port))
         return SimpleNamespace(spec=SimpleNamespace(ports=ports))
+
+    def read_namespaced_service(self, name: str, namespace: str, **_kw: Any) -> Any:
+        self.calls.append(f"read_service/{name}")
+        ingress = [SimpleNamespace(ip=self.ingress, hostname=None)] if self.ingress else None
+        return SimpleNamespace(
+            status=SimpleNamespace(load_balancer=SimpleNamespace(ingress=ingress))
+        )
 
     def create_namespaced_pod(self, namespace: str, body: dict[str, Any]) -> Any:
         self.pod = body
@@ -386,6 +398,7 @@ def test_remove_deletes_the_node_port_service_too(
         "pod/kafka",
         "service/kafka",
         "service/kafka-nodeport",
+        "service/kafka-lb",
         "config_map/kafka-files",
     ]
 
@@ -436,5 +449,67 @@ def test_caches_become_empty_dirs_in_either_access() -> None:
 
 
 def test_an_unknown_access_is_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="'forward' or 'nodeport'"):
-        KubernetesRuntime("abc123", access="loadbalancer")
+    with pytest.raises(ValueError, match="forward, nodeport or loadbalancer"):
+        KubernetesRuntime("abc123", access="ingress")
+
+
+# ---- LoadBalancer access ------------------------------------------------------------------------
+
+
+def test_loadbalancer_start_reaches_the_service_at_its_ingress_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    api = FakeApi()
+    api.ingress = "10.213.92.7"
+    runtime = _runtime(api, access="loadbalancer")
+    running = runtime.start("redis", ContainerSpec(image="redis:7", ports=(6379,)))
+    assert running.host == "10.213.92.7"
+    assert dict(running.ports) == {6379: 6379}
+    body = api.services["redis-lb"]
+    assert body["spec"]["type"] == "LoadBalancer"
+    assert body["spec"]["ports"] == [
+        {"name": "p6379", "port": 6379, "targetPort": 6379, "protocol": "TCP"}
+    ]
+    assert body["spec"]["selector"] == {
+        "pytest-aikernel.session": "abc123",
+        "pytest-aikernel.service": "redis",
+    }
+    assert "redis-nodeport" not in api.services
+    assert runtime.engine.access == "loadbalancer"
+    assert "addresses of their LoadBalancer Services" in runtime.engine.describe()
+    assert runtime.describe()["access"] == "loadbalancer"
+    # no forwarder: nothing was written for one
+    assert not (tmp_path / "pytest-aikernel" / "kube").exists()
+
+
+def test_a_published_port_makes_the_load_balancer_before_the_pod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka advertises its host address before it starts: publish() makes its Service and
+    waits for the address; the start then uses that Service, not a second one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    api = FakeApi()
+    api.ingress = "lb.example.com"
+    runtime = _runtime(api, access="loadbalancer")
+    assert runtime.publish("kafka", 19092) == ("lb.example.com", 19092)
+    made = api.services["kafka-lb"]
+    spec = ContainerSpec(image="kafka", ports=(19092,), host_ports={19092: 19092})
+    running = runtime.start("kafka", spec)
+    assert api.services["kafka-lb"] is made
+    assert (running.host, dict(running.ports)) == ("lb.example.com", {19092: 19092})
+
+
+def test_a_load_balancer_without_an_address_names_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    api = FakeApi()  # no controller: the status never gets an ingress address
+    runtime = _runtime(api, access="loadbalancer", startup_timeout=0.3)
+    with pytest.raises(ServiceError) as info:
+        runtime.start("redis", ContainerSpec(image="redis:7", ports=(6379,)))
+    text = str(info.value)
+    assert "redis: its LoadBalancer Service redis-lb in namespace aikernel-abc123 got no " in text
+    assert "its status has no ingress address" in text
+    assert "--aikernel-kube-access nodeport or forward" in text
+    assert "--aikernel-startup-timeout" in text

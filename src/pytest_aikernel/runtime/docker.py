@@ -280,6 +280,11 @@ class DockerRuntime:
                 self._engine = found
         return self._engine
 
+    def publish(self, service: str, port: int) -> tuple[str, int]:
+        """(address, host port) at which the test process will reach container port ``port`` of
+        ``service``, chosen before it starts (Kafka advertises it)."""
+        return self.engine.host, self.free_port()
+
     def free_port(self) -> int:
         """A host port to publish on: free on this machine for a local engine; a random one for
         a remote engine, whose ports cannot be checked from here (a taken one is chosen again)."""

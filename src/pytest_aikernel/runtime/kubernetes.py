@@ -13,7 +13,10 @@ Like the Docker runtime it knows no service. A :class:`ContainerSpec` becomes:
   process of the run reach the same ports;
 - with ``--aikernel-kube-access nodeport``: a Service ``<alias>-nodeport`` of type NodePort,
   reached at a node's address (``--aikernel-kube-node-address``, else picked from the nodes);
-  no forwarder runs.
+  no forwarder runs;
+- with ``--aikernel-kube-access loadbalancer``: a Service ``<alias>-lb`` of type LoadBalancer,
+  reached at the address the cluster's load-balancer controller puts in its status; no
+  forwarder runs.
 
 The namespace is ``<prefix>-<session>``, labelled with the session (and the reuse project) and
 annotated with its owner; removing the stack deletes it. The Kubernetes client is imported only
@@ -50,6 +53,8 @@ _IMAGE_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "Inva
 NODE_PORT_RANGE = (30000, 32767)
 #: the name of a service's NodePort Service is its alias with this suffix
 NODE_PORT_SUFFIX = "-nodeport"
+#: the name of a service's LoadBalancer Service is its alias with this suffix
+LOAD_BALANCER_SUFFIX = "-lb"
 #: where the init container of a pod with files finds them (a ConfigMap) and puts them
 FILES_SRC = "/aikernel-files-src"
 FILES_DST = "/aikernel-files"
@@ -146,7 +151,7 @@ class Cluster:
     local: bool = True
     source: str = "kubeconfig"
     host_source: str = "port-forward"
-    #: "forward" or "nodeport" (--aikernel-kube-access)
+    #: "forward", "nodeport" or "loadbalancer" (--aikernel-kube-access)
     access: str = "forward"
 
     @property
@@ -163,6 +168,11 @@ class Cluster:
             return (
                 f"{where}; services at {self.host} ({self.host_source}) through NodePort "
                 "Services (--aikernel-kube-access nodeport)"
+            )
+        if self.access == "loadbalancer":
+            return (
+                f"{where}; services at the addresses of their LoadBalancer Services "
+                "(--aikernel-kube-access loadbalancer)"
             )
         return f"{where}; services at {self.host} through the stack's port-forwards"
 
@@ -248,14 +258,17 @@ class KubernetesRuntime:
         #: a reused stack has no owner process: its forwarder never deletes it
         self.reused = reused
         #: "forward": the stack's port-forwards on 127.0.0.1; "nodeport": NodePort Services
-        #: reached at ``node_address`` (None: picked from the cluster's nodes)
-        if access not in ("forward", "nodeport"):
-            raise ValueError(f"access must be 'forward' or 'nodeport', not {access!r}")
+        #: reached at ``node_address`` (None: picked from the cluster's nodes); "loadbalancer":
+        #: LoadBalancer Services reached at the addresses their status gives
+        if access not in ("forward", "nodeport", "loadbalancer"):
+            raise ValueError(f"access must be forward, nodeport or loadbalancer, not {access!r}")
         self.access = access
         self.node_address = node_address
         self._node: tuple[str, str] | None = None  # (address, where it came from)
         self._node_port_range: tuple[int, int] | None = None
         self._picked: set[int] = set()  # node ports chosen here, maybe not yet taken
+        #: service -> container port -> Service port of its LoadBalancer Service, once made
+        self._balanced: dict[str, dict[int, int]] = {}
         self._cfg: Any = None
         self._api: Any = None
         self._namespace_ready = False
@@ -290,6 +303,16 @@ class KubernetesRuntime:
         return self.access == "nodeport"
 
     @property
+    def loadbalancer(self) -> bool:
+        """Whether the services are reached through LoadBalancer Services (no forwarder)."""
+        return self.access == "loadbalancer"
+
+    @property
+    def forwarded(self) -> bool:
+        """Whether the stack's forwarder carries the services' ports to 127.0.0.1."""
+        return self.access == "forward"
+
+    @property
     def engine(self) -> Cluster:
         api = self.client
         endpoint = str(api.api_client.configuration.host)
@@ -305,7 +328,27 @@ class KubernetesRuntime:
                 host_source=where,
                 access="nodeport",
             )
+        if self.loadbalancer:
+            # each service has an address of its own (Running.host); this one is never used
+            # to connect
+            return Cluster(
+                endpoint=endpoint,
+                context=context,
+                host_source="LoadBalancer Services",
+                access="loadbalancer",
+            )
         return Cluster(endpoint=endpoint, context=context)
+
+    def publish(self, service: str, port: int) -> tuple[str, int]:
+        """(address, port) at which the test process will reach container port ``port`` of
+        ``service``, known before it starts (Kafka advertises it): a forward's free port on
+        127.0.0.1, a free node port at the node address, or the address the LoadBalancer
+        Service made here now gets from the cluster, with the container's port."""
+        if not self.loadbalancer:
+            return self.engine.host, self.free_port()
+        self.create_network()
+        self._create_load_balancer(service, {port: port})
+        return self._load_balancer_address(service, time.monotonic()), port
 
     def node(self) -> tuple[str, str]:
         """(address, where it came from) of the node that NodePort access connects to:
@@ -457,7 +500,7 @@ class KubernetesRuntime:
         access: nothing is forwarded)."""
         import fcntl
 
-        if self.nodeport:
+        if not self.forwarded:
             return
         folder = self.forward_folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -566,6 +609,9 @@ class KubernetesRuntime:
         if self.nodeport:
             host = self.node()[0]
             ports: dict[int, int] = {}  # node ports: known once the Service is made
+        elif self.loadbalancer:
+            host = ""  # known once the cluster gives the Service an address
+            ports = {port: fixed.get(port) or port for port in spec.ports}
         else:
             host = LOOPBACK
             ports = {port: fixed.get(port) or self.free_port() for port in spec.ports}
@@ -576,6 +622,8 @@ class KubernetesRuntime:
             api.create_namespaced_service(self.namespace, self._service(service, spec))
             if self.nodeport and spec.ports:
                 ports = self._create_node_port_service(service, spec, fixed)
+            if self.loadbalancer and spec.ports:
+                ports = self._create_load_balancer(service, ports)
             pod = api.create_namespaced_pod(self.namespace, self._pod(service, spec, labels))
         except ApiException as exc:
             raise ServiceError(
@@ -586,8 +634,10 @@ class KubernetesRuntime:
         with self._lock:
             self._services[service] = str(pod.metadata.uid)
         self._wait_running(service, spec, started)
-        if not self.nodeport:
+        if self.forwarded:
             self._forward(service, ports)
+        elif self.loadbalancer:
+            host = self._load_balancer_address(service, started) if ports else LOOPBACK
         return Running(
             service=service,
             image=spec.image,
@@ -632,6 +682,73 @@ class KubernetesRuntime:
                 f"{', '.join(map(str, missing))} (--aikernel-kube-access nodeport)",
             )
         return out
+
+    def _create_load_balancer(self, service: str, ports: Mapping[int, int]) -> dict[int, int]:
+        """Make ``service``'s LoadBalancer Service (once: Kafka's is made before its pod, to
+        learn the address it advertises); container port -> Service port."""
+        from kubernetes.client.exceptions import ApiException
+
+        with self._lock:
+            made = self._balanced.get(service)
+        if made is not None:
+            return dict(made)
+        body = {
+            "metadata": {
+                "name": f"{service}{LOAD_BALANCER_SUFFIX}",
+                "labels": self.labels(service),
+            },
+            "spec": {
+                "type": "LoadBalancer",
+                "publishNotReadyAddresses": True,
+                "selector": {LABEL_SESSION: self.session_id, LABEL_SERVICE: service},
+                "ports": [
+                    {"name": f"p{port}", "port": ports[port], "targetPort": port, "protocol": "TCP"}
+                    for port in sorted(ports)
+                ],
+            },
+        }
+        try:
+            self.client.create_namespaced_service(self.namespace, body)
+        except ApiException as exc:
+            raise ServiceError(
+                service,
+                f"{service}: the cluster refused its LoadBalancer Service "
+                f"{service}{LOAD_BALANCER_SUFFIX} (--aikernel-kube-access loadbalancer): "
+                f"{_short(exc)}" + _rbac_hint(exc),
+            ) from None
+        with self._lock:
+            self._balanced[service] = dict(ports)
+        return dict(ports)
+
+    def _load_balancer_address(self, service: str, started: float) -> str:
+        """The first ingress address (IP, else host name) of ``service``'s LoadBalancer
+        Service, waited for until the start's timeout."""
+        name = f"{service}{LOAD_BALANCER_SUFFIX}"
+        deadline = started + self.startup_timeout
+        last = ""
+        while True:
+            try:
+                svc = self.client.read_namespaced_service(name, self.namespace, _request_timeout=10)
+                ingress = (svc.status.load_balancer.ingress if svc.status else None) or []
+                for entry in ingress:
+                    if entry.ip or entry.hostname:
+                        return str(entry.ip or entry.hostname)
+                last = "its status has no ingress address"
+            except Exception as exc:
+                last = f"reading it failed: {_short(exc)}"
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
+        waited = time.monotonic() - started
+        raise ServiceError(
+            service,
+            f"{service}: its LoadBalancer Service {name} in namespace {self.namespace} got no "
+            f"address in {waited:.0f} s ({last}); --aikernel-kube-access loadbalancer needs a "
+            "load-balancer controller in the cluster (the cloud provider's, MetalLB, k3s's "
+            "ServiceLB, cloud-provider-kind for kind, `minikube tunnel`). Use "
+            "--aikernel-kube-access nodeport or forward on a cluster without one, or raise "
+            "--aikernel-startup-timeout if its controller is slow.",
+        )
 
     def _pod(
         self, service: str, spec: ContainerSpec, labels: Mapping[str, str] | None
@@ -1081,12 +1198,14 @@ class KubernetesRuntime:
         for service in services:
             with self._lock:
                 self._services.pop(service, None)
-            # the NodePort Service too whatever this runtime's access: a reused stack's
-            # services may have been started with the other one
+                self._balanced.pop(service, None)
+            # the NodePort and LoadBalancer Services too whatever this runtime's access: a
+            # reused stack's services may have been started with another one
             for call, name in (
                 (api.delete_namespaced_pod, service),
                 (api.delete_namespaced_service, service),
                 (api.delete_namespaced_service, f"{service}{NODE_PORT_SUFFIX}"),
+                (api.delete_namespaced_service, f"{service}{LOAD_BALANCER_SUFFIX}"),
                 (api.delete_namespaced_config_map, f"{service}-files"),
             ):
                 with contextlib.suppress(Exception):

@@ -161,10 +161,11 @@ class StackContext:
     #: (service, path, content): write a file into a running service's container; filled by
     #: the stack (False where nothing can be written: external mode, attached stacks)
     put_file: Callable[[str, str, bytes], bool] = lambda _s, _p, _c: False
-    #: () -> (the address of published ports from the test process, a free host port to
-    #: publish on), or None when the test process reaches services by their network alias
-    #: (pytest in a container on the stack network); filled by the stack
-    published: Callable[[], tuple[str, int] | None] = lambda: ("127.0.0.1", 0)
+    #: (service, container port) -> (the address and host port at which the test process will
+    #: reach that port, chosen before the service starts), or None when the test process
+    #: reaches services by their network alias (pytest in a container on the stack network);
+    #: filled by the stack
+    published: Callable[[str, int], tuple[str, int] | None] = lambda _s, _p: ("127.0.0.1", 0)
     #: (service, command, environment) -> (exit code, output): run a command in a running
     #: service's container; filled by the stack
     exec: Callable[[str, list[str], Mapping[str, str]], tuple[int, str]] = lambda _s, _c, _e: (

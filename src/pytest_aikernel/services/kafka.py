@@ -459,7 +459,7 @@ class Kafka(Service):
     def container(self, ctx: StackContext) -> ContainerSpec:
         # the HOST listener advertises what the test process connects to: the published port
         # on the engine's host address, or (pytest on the stack network) the alias
-        published = ctx.published()
+        published = ctx.published(self.name, HOST_PORT)
         if published is None:
             advertised, host_ports = f"{self.name}:{HOST_PORT}", {}
         else:
