@@ -219,6 +219,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+#: the JVM start-up settings --aikernel-jvm-tuning can choose among (docs/services.md)
+JVM_KNOBS: tuple[str, ...] = ("cds", "c1", "no-ml")
+
 OPTIONS = (
     *OPTIONS,
     Option(
@@ -308,10 +311,11 @@ OPTIONS = (
         cli="--aikernel-jvm-tuning",
         ini="aikernel_jvm_tuning",
         env="AIKERNEL_JVM_TUNING",
-        metavar="on|off",
+        metavar="on|off|KNOB,...",
         help="start the JVM services (Elasticsearch, Neo4j, Kafka, ZooKeeper) with the start-up "
-        "settings of docs/services.md (class-data sharing, JIT and feature switches); off "
-        "starts them with their images' own settings",
+        "settings of docs/services.md: on (all of them), off (their images' own settings), or "
+        "a comma-separated list of the ones to use, of cds (class-data sharing), c1 (the first "
+        "JIT compiler only) and no-ml (Elasticsearch without machine learning)",
         default="on",
     ),
     Option(
@@ -395,6 +399,8 @@ class Settings:
     kube_node_address: str | None = None
     #: JVM start-up settings for Elasticsearch, Neo4j, Kafka and ZooKeeper
     jvm_tuning: bool = True
+    #: which of those settings (names of JVM_KNOBS); with jvm_tuning False, none is used
+    jvm_knobs: tuple[str, ...] = ("cds", "c1", "no-ml")
     #: where each setting came from ("--aikernel-image", "-o aikernel_images",
     #: "ini aikernel_images (<file>)", "env ...", "default"), for messages that tell the user
     #: which setting to change.
@@ -581,7 +587,26 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         raise ConfigError(f"{src}: expected on or off, got {_as_str(value)!r}")
 
     snapshots = on_off("snapshots", True)
-    jvm_tuning = on_off("jvm_tuning", True)
+    value, src, _ = pick("jvm_tuning")
+    jvm_knobs: tuple[str, ...] = JVM_KNOBS
+    if value is not None:
+        sources["jvm_tuning"] = src
+        text = _as_str(value).strip().lower()
+        if text in ("on", "true", "1", "yes"):
+            jvm_knobs = JVM_KNOBS
+        elif text in ("off", "false", "0", "no", ""):
+            jvm_knobs = ()
+        else:
+            names = [n.strip() for n in text.split(",") if n.strip()]
+            unknown = [n for n in names if n not in JVM_KNOBS]
+            if unknown or not names:
+                raise ConfigError(
+                    f"{src}: expected on, off or a comma-separated list of {', '.join(JVM_KNOBS)}; "
+                    f"got {_as_str(value)!r}"
+                    + (f" ({', '.join(unknown)} is not one of them)" if unknown else "")
+                )
+            jvm_knobs = tuple(n for n in JVM_KNOBS if n in names)
+    jvm_tuning = bool(jvm_knobs)
 
     value, src, _ = pick("runtime")
     runtime: Literal["docker", "kubernetes"] = "docker"
@@ -760,6 +785,7 @@ def resolve(raw: RawSources, known_services: Sequence[str]) -> Settings:
         kube_access=kube_access,
         kube_node_address=kube_node_address,
         jvm_tuning=jvm_tuning,
+        jvm_knobs=jvm_knobs,
         sources=sources,
     )
 

@@ -250,6 +250,43 @@ def test_tuning_off_mounts_no_volume_and_adds_no_options(
         stack.stop()
 
 
+def _neo4j_jvm(settings: Settings, docker_api: docker.DockerClient) -> tuple[str, list[str]]:
+    """(NEO4J_server_jvm_additional, the server JVM's command line) of a Neo4j started with
+    ``settings``, which answers a query."""
+    stack = Stack(settings)
+    try:
+        stack.start(["neo4j"])
+        raw = docker_api.containers.get(stack.running("neo4j").container_id)
+        mounted = [m for m in raw.attrs["Mounts"] if m["Destination"] == _jvm.CDS_DIR]
+        code, out = raw.exec_run(
+            ["sh", "-c", "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"]
+        )
+        assert code == 0, out
+        java = [ln for ln in out.decode().splitlines() if ln and ln.split()[0].endswith("java")]
+        assert java, out.decode()[-2000:]
+        with stack["neo4j"].driver() as driver:
+            assert driver.execute_query("RETURN 1 AS one").records[0]["one"] == 1
+        env = dict(e.split("=", 1) for e in raw.attrs["Config"]["Env"])
+        assert bool(mounted) == (_jvm.archive_path("neo4j") in java[0])
+        return env.get("NEO4J_server_jvm_additional", ""), java[0].split()
+    finally:
+        stack.stop()
+
+
+def test_a_list_of_knobs_starts_the_jvm_with_those_only(
+    aikernel_settings: Settings, docker_api: docker.DockerClient
+) -> None:
+    """--aikernel-jvm-tuning c1 and cds: Neo4j's JVM gets the options of the named one only
+    (its archive and volume with cds alone, C1 with c1 alone)."""
+    extra, java = _neo4j_jvm(tuned(aikernel_settings, jvm_knobs=("c1",)), docker_api)
+    assert extra.split() == ["-XX:TieredStopAtLevel=1"]
+    assert f"-XX:SharedArchiveFile={_jvm.archive_path('neo4j')}" not in java
+    extra, java = _neo4j_jvm(tuned(aikernel_settings, jvm_knobs=("cds",)), docker_api)
+    assert "-XX:TieredStopAtLevel=1" not in extra.split()
+    assert f"-XX:SharedArchiveFile={_jvm.archive_path('neo4j')}" in extra.split()
+    assert f"-XX:SharedArchiveFile={_jvm.archive_path('neo4j')}" in java
+
+
 # ---- carried between machines: aikernel snapshots export / import ---------------------------
 
 

@@ -6,6 +6,7 @@ import io
 import shlex
 import tarfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -315,3 +316,68 @@ def test_mebibytes_rounds_up() -> None:
     assert mebibytes("1048577") == 2
     assert mebibytes("64M") == 64
     assert mebibytes("3g") == 3072
+
+
+# ---- choosing the settings one by one ----------------------------------------------------------
+
+
+def _resolve(value: str) -> Settings:
+    from pytest_aikernel.settings import RawSources, resolve
+
+    here = Path.cwd()
+    raw = RawSources(cli={}, ini={}, env={"AIKERNEL_JVM_TUNING": value}, ini_dir=here, cwd=here)
+    return resolve(raw, list(registry()))
+
+
+@pytest.mark.parametrize(
+    ("value", "knobs"),
+    [
+        ("on", ("cds", "c1", "no-ml")),
+        ("off", ()),
+        ("c1", ("c1",)),
+        ("no-ml, CDS", ("cds", "no-ml")),
+    ],
+)
+def test_the_setting_chooses_which_knobs(value: str, knobs: tuple[str, ...]) -> None:
+    settings = _resolve(value)
+    assert settings.jvm_knobs == knobs
+    assert settings.jvm_tuning == bool(knobs)
+
+
+def test_an_unknown_knob_names_the_setting_and_the_choices() -> None:
+    from pytest_aikernel.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        _resolve("c1,c2")
+    assert str(info.value) == (
+        "env AIKERNEL_JVM_TUNING: expected on, off or a comma-separated list of cds, c1, no-ml; "
+        "got 'c1,c2' (c2 is not one of them)"
+    )
+
+
+def test_only_the_chosen_knobs_reach_the_spec() -> None:
+    c1, _ = spec_of("elasticsearch", jvm_knobs=("c1",))
+    opts = c1.env["ES_JAVA_OPTS"].split()
+    assert "-XX:TieredStopAtLevel=1" in opts
+    assert not any("SharedArchiveFile" in o for o in opts) and c1.volumes == {}
+    assert "xpack.ml.enabled" not in c1.env
+    assert "-XX:TieredStopAtLevel=1" in c1.env["CLI_JAVA_OPTS"].split()
+    cds, _ = spec_of("elasticsearch", jvm_knobs=("cds", "no-ml"))
+    opts = cds.env["ES_JAVA_OPTS"].split()
+    assert "-XX:TieredStopAtLevel=1" not in opts
+    assert f"-XX:SharedArchiveFile={ARCHIVE['elasticsearch']}" in opts
+    assert cds.env["xpack.ml.enabled"] == "false"
+    assert cds.volumes
+    # Neo4j has no machine learning: no-ml alone leaves it as with tuning off
+    neo, ctx = spec_of("neo4j", jvm_knobs=("no-ml",))
+    assert neo == old_spec("neo4j", ctx, neo)
+
+
+def test_the_chosen_knobs_are_part_of_the_reuse_key() -> None:
+    for service in JVM_SERVICES:
+        assert "jvm_knobs" in registry()[service].shaped_by
+    keys = {
+        knobs: service_keys(Settings(jvm_knobs=knobs), ["elasticsearch"])["elasticsearch"]
+        for knobs in [("cds", "c1", "no-ml"), ("c1",), ("cds",)]
+    }
+    assert len(set(keys.values())) == 3

@@ -102,8 +102,9 @@ def knobs(service: str, settings: Settings, kept: Iterable[Knob]) -> tuple[Knob,
     :func:`cds` (only where the runtime keeps volumes: Docker) and ``kept``."""
     if not settings.jvm_tuning:
         return ()
-    first = (cds(service),) if settings.runtime == "docker" else ()
-    return (*first, *kept)
+    chosen = settings.jvm_knobs
+    first = (cds(service),) if settings.runtime == "docker" and "cds" in chosen else ()
+    return (*first, *(k for k in kept if k.name in chosen))
 
 
 def with_knobs(spec: ContainerSpec, variable: str, knobs: Iterable[Knob]) -> ContainerSpec:

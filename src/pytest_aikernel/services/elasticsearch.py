@@ -238,7 +238,7 @@ ES_KNOBS: tuple[_jvm.Knob, ...] = (
 
 class Elasticsearch(Service):
     name = "elasticsearch"
-    shaped_by = ("elasticsearch_init", "elasticsearch_heap", "jvm_tuning")
+    shaped_by = ("elasticsearch_init", "elasticsearch_heap", "jvm_tuning", "jvm_knobs")
     default_image = f"docker.elastic.co/elasticsearch/elasticsearch:{VERSION}"
     ports = (PORT,)
     isolations = (

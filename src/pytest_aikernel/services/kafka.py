@@ -352,7 +352,7 @@ KAFKA_KNOBS: tuple[_jvm.Knob, ...] = ()
 
 class Zookeeper(Service):
     name = "zookeeper"
-    shaped_by = ("jvm_tuning",)
+    shaped_by = ("jvm_tuning", "jvm_knobs")
     default_image = f"confluentinc/cp-zookeeper:{VERSION}"
     ports = (ZK_PORT,)
     external_env = "AIKERNEL_ZOOKEEPER_CONNECT"
@@ -421,7 +421,7 @@ class Kafka(Service):
         "faults"
     )
     name = "kafka"
-    shaped_by = ("kafka_topics", "jvm_tuning")
+    shaped_by = ("kafka_topics", "jvm_tuning", "jvm_knobs")
     default_image = f"confluentinc/cp-kafka:{VERSION}"
     depends_on = ("zookeeper",)
     ports = (HOST_PORT,)

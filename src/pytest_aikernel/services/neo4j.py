@@ -158,7 +158,7 @@ NEO4J_KNOBS: tuple[_jvm.Knob, ...] = (_jvm.C1,)
 
 class Neo4j(Service):
     name = "neo4j"
-    shaped_by = ("neo4j_init", "neo4j_heap", "neo4j_pagecache", "jvm_tuning")
+    shaped_by = ("neo4j_init", "neo4j_heap", "neo4j_pagecache", "jvm_tuning", "jvm_knobs")
     default_image = "neo4j:5.26"
     ports = (BOLT, HTTP)
     isolations = (
