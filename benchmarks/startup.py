@@ -81,13 +81,20 @@ def peak_memory(stack: Stack) -> dict[str, int]:
     return out
 
 
-def full_stack_runs(settings: Settings, names: list[str], repeat: int) -> None:
-    """All available services: plugin (parallel) vs one after another with 1 s polling."""
+def full_stack_runs(
+    settings: Settings, names: list[str], repeat: int, compare_jvm: bool = False
+) -> None:
+    """All available services: plugin (parallel) vs one after another with 1 s polling; with
+    ``compare_jvm`` also the plugin with --aikernel-jvm-tuning off."""
+    import dataclasses
+
     import pytest_aikernel.stack as stack_module
 
     parallel: list[float] = []
     sequential: list[float] = []
     peaks: list[dict[str, int]] = []
+    untuned: list[float] = []
+    per_service: dict[bool, dict[str, list[float]]] = {True: {}, False: {}}
     for i in range(repeat):
         stack = Stack(settings)
         began = time.monotonic()
@@ -95,8 +102,21 @@ def full_stack_runs(settings: Settings, names: list[str], repeat: int) -> None:
             stack.start(names)
             parallel.append(time.monotonic() - began)
             peaks.append(peak_memory(stack))
+            for name, secs in stack.timings.items():
+                per_service[True].setdefault(name, []).append(secs)
         finally:
             stack.stop()
+        if compare_jvm:
+            off = Stack(dataclasses.replace(settings, jvm_tuning=False))
+            began = time.monotonic()
+            try:
+                off.start(names)
+                untuned.append(time.monotonic() - began)
+                for name, secs in off.timings.items():
+                    per_service[False].setdefault(name, []).append(secs)
+            finally:
+                off.stop()
+            print(f"  run {i + 1}: plugin, JVM tuning off {untuned[-1]:.2f} s")
         poll = stack_module.POLL_INTERVAL
         stack_module.POLL_INTERVAL = 1.0  # testcontainers' default readiness polling
         seq = Stack(settings)
@@ -111,7 +131,15 @@ def full_stack_runs(settings: Settings, names: list[str], repeat: int) -> None:
         print(f"  run {i + 1}: plugin {parallel[-1]:.2f} s | sequential {sequential[-1]:.2f} s")
     p, q = median(parallel), median(sequential)
     print(f"\nall available services ({len(names)}: {', '.join(names)})")
-    print(f"  plugin, parallel and dependency-ordered    {p:6.2f} s")
+    tuning = "on" if settings.jvm_tuning else "off"
+    print(f"  plugin, parallel and dependency-ordered    {p:6.2f} s   (JVM tuning {tuning})")
+    if compare_jvm:
+        print(f"  the same with --aikernel-jvm-tuning off    {median(untuned):6.2f} s")
+        print("  per service, container start -> ready and seeded (median): tuning on | off")
+        for name in sorted(per_service[True], key=lambda n: -median(per_service[True][n])):
+            on_s = median(per_service[True][name])
+            off_s = median(per_service[False].get(name, []))
+            print(f"    {name:18s} {on_s:6.2f} s | {off_s:6.2f} s")
     print(
         "  one after another, 1 s polling (testcontainers' default; same containers, same seeding)"
     )
@@ -292,6 +320,12 @@ def main() -> int:
         "--skip-variants", action="store_true", help="skip the postgres settings section"
     )
     parser.add_argument("--skip-full", action="store_true", help="skip the all-services section")
+    parser.add_argument(
+        "--compare-jvm-tuning",
+        action="store_true",
+        help="in the all-services section, also start the plugin's stack with "
+        "--aikernel-jvm-tuning off and print both",
+    )
     args = parser.parse_args()
     settings = settings_from_env()
     print("images: " + ", ".join(f"{n}={image_for(n, settings)}" for n in FIVE))
@@ -346,7 +380,7 @@ def main() -> int:
     if not args.skip_full:
         names = available(settings)
         print(f"\nall services whose image is present ({args.repeat} runs each)")
-        full_stack_runs(settings, names, args.repeat)
+        full_stack_runs(settings, names, args.repeat, compare_jvm=args.compare_jvm_tuning)
 
     if not args.skip_variants:
         variants = [
