@@ -2,7 +2,7 @@
 
     eval "$(tests/images/build)"                  # the stand-ins (AIKERNEL_IMAGE_*)
     eval "$(tests/k8s/cluster up)"                # KUBECONFIG of the local test cluster
-    python benchmarks/startup_kubernetes.py --repeat 5
+    python benchmarks/startup_kubernetes.py --repeat 5 [--nodeport]
 
 Both runtimes start the same images with the same settings, in this process, taking turns (the
 first in a round alternates). Snapshots are off on both (Kubernetes has none; docs/snapshots.md),
@@ -14,6 +14,9 @@ so both seed PostgreSQL from scratch; the Docker column with snapshots on is pri
   * connect   - a new PostgreSQL connection and SELECT 1, 20 times: on Kubernetes each new
                 connection is a new port-forward stream through the API server;
   * query     - SELECT 1 on an open connection, 200 times (the steady cost of the forward).
+
+--nodeport adds a column: Kubernetes with --aikernel-kube-access nodeport (NodePort Services at
+the node's address through kube-proxy, no port-forward).
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from pytest_aikernel.stack import Stack
 THREE = ["postgres", "redis", "vault"]
 
 
-def settings(runtime: str, snapshots: bool) -> Settings:
+def settings(runtime: str, snapshots: bool, access: str = "forward") -> Settings:
     env = {**os.environ, "AIKERNEL_RUNTIME": runtime}
+    if runtime == "kubernetes":
+        env["AIKERNEL_KUBE_ACCESS"] = access
     env["AIKERNEL_SNAPSHOTS"] = "on" if snapshots else "off"
     raw = RawSources(cli={}, ini={}, env=env, ini_dir=os.getcwd(), cwd=os.getcwd())  # type: ignore[arg-type]
     return resolve(raw, tuple(registry()))
@@ -77,6 +82,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--connects", type=int, default=20)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--nodeport",
+        action="store_true",
+        help="add a column: Kubernetes with --aikernel-kube-access nodeport",
+    )
     args = parser.parse_args()
     if not os.environ.get("KUBECONFIG"):
         print('KUBECONFIG is not set: eval "$(tests/k8s/cluster up)" first', file=sys.stderr)
@@ -86,6 +96,8 @@ def main() -> int:
         "kubernetes": settings("kubernetes", False),
         "docker+snapshots": settings("docker", True),
     }
+    if args.nodeport:
+        columns["kubernetes nodeport"] = settings("kubernetes", False, "nodeport")
     # one start each before timing: images in the engine's cache, a snapshot made for the last
     for name, cfg in columns.items():
         print(f"warm-up: {name}", file=sys.stderr)
@@ -99,12 +111,12 @@ def main() -> int:
             results[name].append(run(columns[name], THREE, args.connects, args.queries))
             r = results[name][-1]
             print(
-                f"round {i + 1} {name:17s} start {r['start']:.2f} s, stop {r['stop']:.2f} s, "
+                f"round {i + 1} {name:19s} start {r['start']:.2f} s, stop {r['stop']:.2f} s, "
                 f"connect {r['connect']:.1f} ms, query {r['query']:.2f} ms",
                 file=sys.stderr,
             )
     print(f"\npostgres + redis + vault, medians of {args.repeat} (stand-in images, this machine)")
-    print(f"{'figure':28s}" + "".join(f"{n:>18s}" for n in order))
+    print(f"{'figure':30s}" + "".join(f"{n:>21s}" for n in order))
     rows = [
         ("start to ready (s)", "start", "{:.2f}"),
         ("stop (s)", "stop", "{:.2f}"),
@@ -113,7 +125,7 @@ def main() -> int:
     ]
     for label, key, fmt in rows:
         cells = [fmt.format(statistics.median(r[key] for r in results[n])) for n in order]
-        print(f"{label:28s}" + "".join(f"{c:>18s}" for c in cells))
+        print(f"{label:30s}" + "".join(f"{c:>21s}" for c in cells))
     ratio = statistics.median(r["start"] for r in results["kubernetes"]) / statistics.median(
         r["start"] for r in results["docker"]
     )
