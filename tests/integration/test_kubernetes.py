@@ -420,6 +420,99 @@ def test_an_unknown_context_is_a_clear_error(kube: dict[str, str], tmp_path: Pat
     assert "Traceback" not in text, text[-3000:]
 
 
+@contextlib.contextmanager
+def _limited_user(
+    kube: dict[str, str], tmp_path: Path, rules: list[dict[str, Any]]
+) -> Iterator[str]:
+    """A kubeconfig of a service account bound cluster-wide to ``rules`` only (a token of 10
+    minutes); the account, role and binding are deleted afterwards."""
+    import yaml
+    from kubernetes import client
+
+    name = f"aikernel-limited-{os.getpid()}"
+    core = _api(kube)
+    rbac = client.RbacAuthorizationV1Api(core.api_client)
+    core.create_namespaced_service_account("default", {"metadata": {"name": name}})
+    try:
+        rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
+        rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": name},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": name,
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "default"}],
+            }
+        )
+        token = core.create_namespaced_service_account_token(
+            name, "default", {"spec": {"expirationSeconds": 600}}
+        ).status.token
+        admin = yaml.safe_load(Path(kube["KUBECONFIG"]).read_text())
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": admin["clusters"],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": name,
+                    "context": {"cluster": admin["clusters"][0]["name"], "user": name},
+                }
+            ],
+            "current-context": name,
+        }
+        path = tmp_path / "limited.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        yield str(path)
+    finally:
+        for delete in (
+            lambda: rbac.delete_cluster_role_binding(name),
+            lambda: rbac.delete_cluster_role(name),
+            lambda: core.delete_namespaced_service_account(name, "default"),
+        ):
+            with contextlib.suppress(Exception):
+                delete()
+
+
+def test_an_rbac_denial_names_the_permission_and_the_role(
+    kube: dict[str, str], tmp_path: Path
+) -> None:
+    """A kubeconfig user that may make namespaces and pods but not Services: the start fails
+    with the API server's refusal (the resource and the verb) and the Role to give; its
+    namespace is deleted."""
+    rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["namespaces"],
+            "verbs": ["get", "list", "create", "delete", "patch"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["pods", "pods/log", "pods/exec", "pods/portforward", "configmaps"],
+            "verbs": ["*"],
+        },
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list"]},
+    ]
+    (tmp_path / "test_rbac.py").write_text(
+        "def test_redis(aikernel_redis):\n    aikernel_redis.client().ping()\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    with _limited_user(kube, tmp_path, rules) as kubeconfig:
+        env = {**kube, "KUBECONFIG": kubeconfig, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+        done = _pytest(env, "-p", "no:cacheprovider", cwd=tmp_path, timeout=300)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-3000:]
+    assert 'cannot create resource \\"services\\"' in text or (
+        'cannot create resource "services"' in text
+    ), text[-4000:]
+    assert "lacks a permission: give it the Role of docs/kubernetes.md" in text, text[-4000:]
+    assert "Traceback" not in text, text[-4000:]
+    session = _session(text)
+    assert _gone(kube, session), f"the namespace of session {session} is still there"
+
+
 def test_network_faults_work_on_kubernetes(kube: dict[str, str]) -> None:
     """Toxiproxy is a service like the others: its proxies, latency, resets and cut-offs work
     through the forwards (the in-network path test needs aikernel_container: Docker only)."""
