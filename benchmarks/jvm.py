@@ -241,17 +241,8 @@ def wait_for_archives(
     time.sleep(_jvm.CHECK_DELAY)
     while pending and time.monotonic() - began < timeout:
         for service in sorted(pending):
-            code, text = stack.runtime.exec(
-                service,
-                [
-                    "sh",
-                    "-c",
-                    "cat /tmp/aikernel-jvm.log 2>/dev/null; "
-                    "if test -d /tmp/aikernel-jvm.lock; then echo RUNNING; fi",
-                ],
-                {},
-            )
-            if code == 0 and text.strip() and "RUNNING" not in text:
+            code, text = stack.runtime.exec(service, _jvm.JOB_STATUS, {})
+            if code == 0 and _jvm.job_ended(text):
                 last = text.strip().splitlines()[-1]
                 used = cpu_seconds(stack.running(service).container_id) - cpu0[service]
                 out[service] = (last, time.monotonic() - began, used)

@@ -11,10 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import secrets
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +29,8 @@ from pytest_aikernel.runtime.docker import (
 )
 from pytest_aikernel.services import _jvm, image_for
 
+from .test_snapshots import _aikernel
+
 DATA = ("elasticsearch", "neo4j", "kafka")
 #: the archive job waits CHECK_DELAY, then dumps niced: Elasticsearch's takes ~1 min here
 ARCHIVE_TIMEOUT = 600.0
@@ -46,17 +45,8 @@ def archive_job(stack: Stack, service: str, timeout: float = ARCHIVE_TIMEOUT) ->
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
-        code, text = stack.runtime.exec(
-            service,
-            [
-                "sh",
-                "-c",
-                "cat /tmp/aikernel-jvm.log 2>/dev/null; "
-                "if test -d /tmp/aikernel-jvm.lock; then echo RUNNING; fi",
-            ],
-            {},
-        )
-        if code == 0 and text.strip() and "RUNNING" not in text:
+        code, text = stack.runtime.exec(service, _jvm.JOB_STATUS, {})
+        if code == 0 and _jvm.job_ended(text):
             return text
         time.sleep(0.5)
     pytest.fail(f"{service}: the archive job did not end within {timeout:g} s: {text!r}")
@@ -290,20 +280,6 @@ def test_a_list_of_knobs_starts_the_jvm_with_those_only(
 # ---- carried between machines: aikernel snapshots export / import ---------------------------
 
 
-def aikernel(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The aikernel command with a private cache folder (no reused stack of the user's)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest_aikernel", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
-    )
-    assert done.returncode == 0, done.stderr
-    return done
-
-
 def test_export_and_import_carry_an_archive_to_an_engine_without_it(
     own_zookeeper: Settings, docker_api: docker.DockerClient, tmp_path: Path
 ) -> None:
@@ -315,17 +291,17 @@ def test_export_and_import_carry_an_archive_to_an_engine_without_it(
         first.stop()
     name = cache_volume_name(_jvm.volume_name("zookeeper"), image_id)
     folder = tmp_path / "ci-cache"
-    out = aikernel(tmp_path / "xdg", "snapshots", "export", str(folder)).stderr
+    out = _aikernel(tmp_path / "xdg", "snapshots", "export", str(folder)).stderr
     assert f"exported cache volume {name}" in out, out
     assert (folder / f"cache-{name}.tar").stat().st_size > 1_000_000  # the archive, not a stub
     docker_api.volumes.get(name).remove()  # as on a new CI machine
-    out = aikernel(tmp_path / "xdg", "snapshots", "import", str(folder)).stderr
+    out = _aikernel(tmp_path / "xdg", "snapshots", "import", str(folder)).stderr
     assert f"imported cache volume {name}" in out, out
     labels = docker_api.volumes.get(name).attrs["Labels"]
     assert labels[LABEL_CACHE] == _jvm.volume_name("zookeeper")
     assert labels[LABEL_CACHE_IMAGE] == image_id
     # the imported volume is not written over by a second import
-    again = aikernel(tmp_path / "xdg", "snapshots", "import", str(folder)).stderr
+    again = _aikernel(tmp_path / "xdg", "snapshots", "import", str(folder)).stderr
     assert f"the cache volume {name} exists" in again, again
     second = start_zookeeper(own_zookeeper)
     try:

@@ -132,6 +132,19 @@ def _pytest(
     )
 
 
+def _aikernel_down(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``aikernel down`` in ``cwd`` (its reuse project) with ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_aikernel", "down"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def _session(text: str) -> str:
     found = re.search(r"\bsession (r?[0-9a-f]{12})\b", text) or re.search(
         r"\bnamespace [a-z-]+-(r?[0-9a-f]{12})\b", text
@@ -241,15 +254,7 @@ def test_reuse_keeps_the_namespace_and_down_removes_it(
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
 
     def down() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "pytest_aikernel", "down"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        return _aikernel_down(env, tmp_path)
 
     try:
         first = _pytest(env, "-p", "no:cacheprovider", "--aikernel-reuse", cwd=tmp_path)
@@ -728,15 +733,7 @@ def test_nodeport_access_under_reuse_is_reached_the_same_way(
         ports = re.findall(r"REDIS-PORT (\d+)", text + text2)
         assert len(ports) == 2 and ports[0] == ports[1], ports
     finally:
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest_aikernel", "down"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = _aikernel_down(env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "removed reused redis" in done.stderr, done.stderr
     assert _gone(kube, session), "aikernel down left the reused namespace"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_aikernel.lease import service_keys
-from pytest_aikernel.runtime import ContainerSpec, Running
+from pytest_aikernel.runtime import ContainerSpec
 from pytest_aikernel.runtime.docker import (
     LABEL_CACHE,
     LABEL_CACHE_IMAGE,
@@ -24,20 +24,10 @@ from pytest_aikernel.secrets import SecretStore
 from pytest_aikernel.services import StackContext, _jvm, registry
 from pytest_aikernel.settings import Settings
 
+from .test_specs import running
+
 JVM_SERVICES = ("elasticsearch", "neo4j", "zookeeper", "kafka")
 ARCHIVE = {s: f"/aikernel-jvm/{s}.jsa" for s in JVM_SERVICES}
-
-
-def running(service: str, ports: Mapping[int, int]) -> Running:
-    return Running(
-        service=service,
-        image="img",
-        container_id="c" * 64,
-        host="127.0.0.1",
-        ports=ports,
-        internal_host=service,
-        started_at=0.0,
-    )
 
 
 def spec_of(service: str, **settings: Any) -> tuple[ContainerSpec, StackContext]:

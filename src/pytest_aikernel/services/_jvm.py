@@ -157,13 +157,28 @@ def after_ready(
 #: starts the job detached, so that the exec returns at once
 _LAUNCH = 'nohup sh -c "$AIKERNEL_JVM_JOB" aikernel-jvm-job "$@" </dev/null >/dev/null 2>&1 &'
 
+#: a command whose output is the archive job's log, then RUNNING while the job runs: the job
+#: has ended when the output is not empty and has no RUNNING (benchmarks and tests wait so)
+JOB_STATUS = [
+    "sh",
+    "-c",
+    "cat /tmp/aikernel-jvm.log 2>/dev/null; "
+    "if test -d /tmp/aikernel-jvm.lock; then echo RUNNING; fi",
+]
+
+
+def job_ended(output: str) -> bool:
+    """Whether JOB_STATUS's ``output`` says the archive job ran and has ended."""
+    return bool(output.strip()) and "RUNNING" not in output
+
+
 #: POSIX sh, run in the service's container: DELAY, then pairs ARCHIVE CLASS_LIST. For each
 #: pair it finds the JVM started with -XX:SharedArchiveFile=ARCHIVE and reads its java and
 #: class/module path from its command line. Unless that java maps ARCHIVE with them
 #: (``-Xshare:on``, checksums verified: absent, stale and damaged archives fail) and if the
 #: archive's directory is a writable volume, it dumps a static archive from the class list and
 #: moves it into place (atomic rename). Its log is /tmp/aikernel-jvm.log in the container; the
-#: directory /tmp/aikernel-jvm.lock exists while it runs.
+#: directory /tmp/aikernel-jvm.lock exists while it runs (see JOB_STATUS).
 JOB_SCRIPT = r"""
 log=/tmp/aikernel-jvm.log
 mkdir /tmp/aikernel-jvm.lock 2>/dev/null || exit 0
