@@ -321,7 +321,9 @@ class Stack:
         pool.shutdown(wait=True)
         if failures:
             self.forget(new)
-            raise StackStartError(failures, external=self.external, removed=self._removed())
+            raise StackStartError(
+                failures, external=self.external, removed=self.runtime.removal_note
+            )
         if grown:
             added = frozenset(new)
             for name in sorted(grown):
@@ -331,14 +333,9 @@ class Stack:
                     failures.append(self._as_failure(name, exc))
             if failures:
                 self.forget(new)
-                raise StackStartError(failures, external=self.external, removed=self._removed())
-
-    def _removed(self) -> str:
-        """What a failed start left behind, for its error: nothing it made."""
-        namespace = getattr(self.runtime, "namespace", None)
-        if self.runtime.kind == "kubernetes" and namespace:
-            return f"Every pod this start made was deleted from namespace {namespace}."
-        return "Every container this start made was removed."
+                raise StackStartError(
+                    failures, external=self.external, removed=self.runtime.removal_note
+                )
 
     def forget(self, names: Iterable[str], *, remove: bool = True) -> None:
         """Drop ``names`` from the stack; with ``remove``, remove their containers too (a

@@ -280,6 +280,9 @@ class DockerRuntime:
                 self._engine = found
         return self._engine
 
+    #: what a failed start left, for its error: nothing it made
+    removal_note = "Every container this start made was removed."
+
     def publish(self, service: str, port: int) -> tuple[str, int]:
         """(address, host port) at which the test process will reach container port ``port`` of
         ``service``, chosen before it starts (Kafka advertises it)."""

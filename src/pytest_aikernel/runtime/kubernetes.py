@@ -339,6 +339,11 @@ class KubernetesRuntime:
             )
         return Cluster(endpoint=endpoint, context=context)
 
+    @property
+    def removal_note(self) -> str:
+        """What a failed start left, for its error: nothing it made."""
+        return f"Every pod this start made was deleted from namespace {self.namespace}."
+
     def publish(self, service: str, port: int) -> tuple[str, int]:
         """(address, port) at which the test process will reach container port ``port`` of
         ``service``, known before it starts (Kafka advertises it): a forward's free port on
