@@ -120,6 +120,8 @@ class _Snapshot:
     #: the service's image and its id
     image: str
     base_id: str
+    #: the secrets the snapshot's data holds (those of the stack that made it)
+    held: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class _Aborted(Exception):
@@ -413,8 +415,13 @@ class Stack:
         self._emit(StackEvent("started", name, detail=image))
         if snapshot is not None and snapshot.tag:
             try:
+                held = snapshot.held
                 self._probe_until_ready(
-                    svc, running, stop, probe=svc.snapshot_probe, limit=SNAPSHOT_TIMEOUT
+                    svc,
+                    running,
+                    stop,
+                    probe=lambda ctx, r: svc.snapshot_probe(ctx, r, held),
+                    limit=SNAPSHOT_TIMEOUT,
                 )
             except (ContainerExited, ServiceStartTimeout, SnapshotUnusable) as exc:
                 # a corrupt or foreign snapshot: remove it and seed as without one
@@ -496,8 +503,10 @@ class Stack:
         from .runtime.docker import SNAPSHOT_FORMAT
 
         key = hashlib.sha256(f"{own}:{base_id}:{SNAPSHOT_FORMAT}".encode()).hexdigest()[:16]
-        tag = self.runtime.find_snapshot(name, key, base_id)
-        return _Snapshot(key=key, tag=tag, image=image, base_id=base_id)
+        tag, held = self.runtime.find_snapshot(name, key, base_id)
+        for secret, value in held.items():  # masked in messages like this stack's own
+            self._ctx.secrets.add(f"snapshot:{name}:{secret}", value)
+        return _Snapshot(key=key, tag=tag, image=image, base_id=base_id, held=held)
 
     def _make_snapshot(self, name: str, svc: Service, running: Running, plan: _Snapshot) -> None:
         """Copy the seeded data directories now (the container paused for the copy, before any
@@ -520,6 +529,7 @@ class Stack:
                 base_id=plan.base_id,
                 archives=archives,
                 exclude=(*svc.snapshot_exclude, *transient),
+                secrets=svc.snapshot_secrets(self._ctx),
                 version=__version__,
                 detach=True,
             )

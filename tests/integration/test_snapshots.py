@@ -131,6 +131,53 @@ def test_a_snapshot_start_holds_exactly_the_seeded_data(project) -> None:
     assert from_snapshot["clone_rows"] == 2  # the templates came with it
 
 
+PASSWORD_SUITE = (
+    RECORD
+    + """
+import os
+
+import docker
+import psycopg
+import pytest
+
+
+def test_password(aikernel_postgres):
+    client = docker.from_env()
+    labels = client.images.get(os.environ["AIKTEST_SNAPSHOT"]).labels
+    client.close()
+    held = labels["pytest-aikernel.snapshot-secret.postgres.password"]
+    record("held", held)
+    record("password", aikernel_postgres.password)
+    # the server took this stack's password: the one the snapshot was made with is refused
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(host=aikernel_postgres.host, port=aikernel_postgres.port,
+                        user=aikernel_postgres.user, password=held, dbname="postgres")
+    with aikernel_postgres.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM snap.marks").fetchone()[0] == 2
+"""
+)
+
+
+def test_a_snapshot_start_has_a_password_of_its_own(project, monkeypatch) -> None:
+    """The snapshot keeps the password of the stack that made it (a label); a start from it logs
+    in with that over TCP and sets its own stack's random password."""
+    pytester, _token = project
+    key = _kept(_run(pytester)[0])
+    monkeypatch.setenv("AIKTEST_SNAPSHOT", _wait_image(key))
+    pytester.makepyfile(test_password=PASSWORD_SUITE)
+    passwords = []
+    for _ in range(2):  # two stacks from one snapshot
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "test_password.py", timeout=600
+        )
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines([f"*postgres ready in * from snapshot {key})*"])
+        passwords.append(out("password"))
+    held = out("held")
+    assert len(set(passwords)) == 2
+    assert held not in passwords
+
+
 def test_a_replica_follows_a_primary_started_from_a_snapshot(project) -> None:
     pytester, _token = project
     key = _kept(_run(pytester)[0])

@@ -36,11 +36,15 @@ SNAPSHOT_REPO = "aikernel-snapshot"
 #: where a snapshot image keeps the data directories: ``<root><path>``, outside any VOLUME of the
 #: service's image (Docker would copy a VOLUME's content into a new volume at every start)
 SNAPSHOT_ROOT = "/aikernel-snapshot"
-#: the layout of snapshot images; part of every snapshot's key
-SNAPSHOT_FORMAT = 2
+#: the layout of snapshot images; part of every snapshot's key (3: the secrets the seeded state
+#: holds are labels, so that a start from it logs in over the network instead of an exec)
+SNAPSHOT_FORMAT = 3
 LABEL_SNAPSHOT = "pytest-aikernel.snapshot"
 LABEL_SNAPSHOT_KEY = "pytest-aikernel.snapshot-key"
 LABEL_SNAPSHOT_BASE = "pytest-aikernel.snapshot-base"
+#: ``<prefix><secret name>``: a secret of the stack that made the snapshot, held by its data (the
+#: role's password); the image is local to the engine, as the containers' environment is
+LABEL_SNAPSHOT_SECRET = "pytest-aikernel.snapshot-secret."
 #: named cache volumes (ContainerSpec.volumes): ``aikernel-cache-<name>-<12 hex of the image
 #: id>``, labelled with the name and the image id; no session label, so they outlive stacks
 LABEL_CACHE = "pytest-aikernel.cache"
@@ -722,17 +726,23 @@ class DockerRuntime:
         except Exception:
             return ""
 
-    def find_snapshot(self, service: str, key: str, base_id: str) -> str:
+    def find_snapshot(self, service: str, key: str, base_id: str) -> tuple[str, dict[str, str]]:
         """The tag of the snapshot of ``service`` for ``key`` made from the image ``base_id``
-        ("" when there is none, or it was made from another image)."""
+        ("" when there is none, or it was made from another image), and the secrets its data
+        holds (by their names in the stack's secret store)."""
         tag = snapshot_tag(service, key)
         try:
             labels = self.client.images.get(tag).labels or {}
         except Exception:
-            return ""
+            return "", {}
         if labels.get(LABEL_SNAPSHOT_KEY) != key or labels.get(LABEL_SNAPSHOT_BASE) != base_id:
-            return ""
-        return tag
+            return "", {}
+        held = {
+            name[len(LABEL_SNAPSHOT_SECRET) :]: value
+            for name, value in labels.items()
+            if name.startswith(LABEL_SNAPSHOT_SECRET)
+        }
+        return tag, held
 
     def capture(self, service: str, paths: Iterable[str]) -> dict[str, bytes]:
         """Tar archives of ``paths`` in the container of ``service`` (as the Docker API gives
@@ -759,12 +769,14 @@ class DockerRuntime:
         base_id: str,
         archives: Mapping[str, bytes],
         exclude: Iterable[str] = (),
+        secrets: Mapping[str, str] | None = None,
         version: str,
         detach: bool = False,
     ) -> str:
         """An image ``FROM base_image`` with each archive (of a data directory ``path``, less
         the ``exclude`` files relative to it) at ``SNAPSHOT_ROOT + path``, tagged
-        ``aikernel-snapshot/<service>:<key>``; returns the tag. With ``detach``, a separate
+        ``aikernel-snapshot/<service>:<key>``, with the ``secrets`` its data holds as labels;
+        returns the tag. With ``detach``, a separate
         process builds it (the session does not wait; the image appears when done)."""
         import json
         import sys
@@ -776,6 +788,7 @@ class DockerRuntime:
             LABEL_SNAPSHOT_KEY: key,
             LABEL_SNAPSHOT_BASE: base_id,
             "pytest-aikernel.version": version,
+            **{LABEL_SNAPSHOT_SECRET + name: value for name, value in (secrets or {}).items()},
         }
         folder = tempfile.mkdtemp(prefix="aikernel-snapshot-")
         files = {}

@@ -1180,8 +1180,8 @@ class KubernetesRuntime:
         """No snapshots on Kubernetes: images live on the cluster's nodes."""
         return ""
 
-    def find_snapshot(self, service: str, key: str, base_id: str) -> str:
-        return ""
+    def find_snapshot(self, service: str, key: str, base_id: str) -> tuple[str, dict[str, str]]:
+        return "", {}
 
     def capture(self, service: str, paths: Iterable[str]) -> dict[str, bytes]:
         raise self._engine_only(service, "a snapshot")

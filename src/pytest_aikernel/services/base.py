@@ -306,9 +306,17 @@ class Service(ABC):
         at ``root + path`` (the service points its server there, e.g. PGDATA)."""
         raise NotImplementedError(f"{self.name}: snapshot_paths without snapshot_spec")
 
-    def snapshot_probe(self, ctx: StackContext, running: Running) -> None:
+    def snapshot_secrets(self, ctx: StackContext) -> dict[str, str]:
+        """The secrets of this stack that the seeded state holds (a role's password), by their
+        names in ``ctx.secrets``: the snapshot image keeps them as labels, and a start from it
+        gets them as ``held`` to log in with before it sets this stack's."""
+        return {}
+
+    def snapshot_probe(self, ctx: StackContext, running: Running, held: Mapping[str, str]) -> None:
         """The readiness probe of a container started from a snapshot: first make the server
-        take this stack's secrets (the snapshot has another stack's), then :meth:`probe`."""
+        take this stack's secrets (the snapshot has those of the stack that made it, given
+        as ``held``), then :meth:`probe`. Raise SnapshotUnusable for a snapshot that can
+        never be used (the stack removes it and seeds instead)."""
         self.probe(ctx, running)
 
     # ---- faults (faults.py) ----------------------------------------------------------------

@@ -758,7 +758,9 @@ class Postgres(Service):
         # layer they would be disk writes): the seeded files are copied from the image into it,
         # then the official entrypoint runs, finds an initialised PGDATA and skips initdb. A
         # failed copy leaves no PG_VERSION: the entrypoint then makes a new, unseeded cluster,
-        # which the snapshot probe (the seeded templates are missing) does not accept
+        # which the snapshot probe (the seeded templates are missing) does not accept. The init
+        # scripts (spec.files) are not put in: an initialised PGDATA skips them, and their
+        # effect (the replication line of pg_hba.conf) is in the snapshot's data already
         import dataclasses
 
         return dataclasses.replace(
@@ -774,35 +776,48 @@ class Postgres(Service):
             ),
             command=spec.command or ("postgres",),
             env={**spec.env, "PGDATA": PGDATA},
+            files={},
         )
 
-    def snapshot_probe(self, ctx: StackContext, running: Running) -> None:
-        # the snapshot's role has the password of the stack it was made in: set this stack's
-        # over the local socket (trust for local connections, as initdb left it)
+    def snapshot_secrets(self, ctx: StackContext) -> dict[str, str]:
+        return {"postgres.password": ctx.secrets.get("postgres.password")}
+
+    def snapshot_probe(self, ctx: StackContext, running: Running, held: Mapping[str, str]) -> None:
+        # the snapshot's role has the password of the stack that made it (a label of the
+        # image): log in with it over TCP and set this stack's. A container whose password was
+        # set by an earlier attempt of this probe takes this stack's already
+        import psycopg
+
         password = ctx.secrets.get("postgres.password")
-        code, output = ctx.exec(
-            self.name,
-            [
-                "psql",
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                USER,
-                "-d",
-                "postgres",
-                "-c",
-                f"ALTER ROLE \"{USER}\" PASSWORD '{password}'",
-            ],
-            {},
-        )
-        if code != 0:
-            raise RuntimeError(f"setting the stack's password failed: {output.strip()[-300:]}")
-        self.probe(ctx, running)
-        # a data directory that is not the snapshot's (a copy that failed: the entrypoint then
-        # made a new cluster) has no frozen templates
-        with _probe_connect(USER, password, running, "postgres") as conn:
+        before = held.get("postgres.password")
+        if not before:
+            raise SnapshotUnusable(
+                self.name, "postgres: the snapshot image has no label with its role's password"
+            )
+        try:
+            conn = _probe_connect(USER, before, running, "postgres")
+        except psycopg.OperationalError as exc:
+            if "password authentication failed" not in str(exc):
+                raise  # not up yet
+            try:
+                conn = _probe_connect(USER, password, running, "postgres")
+            except psycopg.OperationalError as again:
+                if "password authentication failed" not in str(again):
+                    raise
+                raise SnapshotUnusable(
+                    self.name,
+                    "postgres: the snapshot's role takes neither the password on its label "
+                    "nor this stack's",
+                ) from None
+        with conn:
+            if before != password:
+                conn.execute(
+                    psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        psycopg.sql.Identifier(USER), psycopg.sql.Literal(password)
+                    )
+                )
+            # a data directory that is not the snapshot's (a copy that failed: the entrypoint
+            # then made a new cluster) has no frozen templates
             found = {
                 row[0]
                 for row in conn.execute(
@@ -815,6 +830,7 @@ class Postgres(Service):
             raise SnapshotUnusable(
                 self.name, f"postgres: the snapshot's cluster has no {', '.join(missing)}"
             )
+        self.probe(ctx, running)
 
     def probe(self, ctx: StackContext, running: Running) -> None:
         # The official entrypoint's temporary init server listens on the unix socket only, so a
