@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
@@ -145,6 +146,13 @@ def _start(stack: Stack, names: Iterable[str]) -> None:
         raise StartFailed(str(exc)) from None
 
 
+def _register_ryuk(stack: Stack) -> None:
+    """Give Ryuk the stack's session label; a note when Ryuk is on but could not take it."""
+    why = reaper.register({LABEL_SESSION: stack.session_id})
+    if why and not reaper.disabled_reason():
+        stack.emit(StackEvent("note", detail=reaper.status()))
+
+
 class PlainLease(Lease):
     """This process starts the stack and removes it; Ryuk removes it if the process is killed."""
 
@@ -161,9 +169,19 @@ class PlainLease(Lease):
             except DockerUnavailable as exc:
                 raise StartFailed(f"pytest-aikernel: {exc}") from None
             if stack.runtime.kind == "docker":  # on Kubernetes the forwarder watches the owner
-                why = reaper.register({LABEL_SESSION: stack.session_id})
-                if why and not reaper.disabled_reason():
-                    stack.emit(StackEvent("note", detail=reaper.status()))
+                # Ryuk's container starts beside the stack's (it takes as long as a service:
+                # 0.3-0.8 s here), and the start returns only once Ryuk holds the filter, so
+                # no test runs unguarded. A run killed in that first second leaves containers
+                # whose owner is dead: the next session's sweep and `aikernel down` remove them
+                registering = threading.Thread(
+                    target=_register_ryuk, args=(stack,), name="aikernel-ryuk", daemon=True
+                )
+                registering.start()
+                try:
+                    _start(stack, names)
+                finally:
+                    registering.join()
+                return
         _start(stack, names)
 
     def release(self, stack: Stack) -> None:

@@ -174,6 +174,50 @@ def test_cache(aikernel_stack):
 
 
 @needs_ryuk
+def test_a_run_killed_while_its_stack_starts_leaves_nothing_after_the_next_session(
+    pytester: pytest.Pytester, docker_api: docker.DockerClient, env: dict[str, str]
+) -> None:
+    """Ryuk's container starts beside the stack's, so a run killed in its first second may die
+    before Ryuk holds its filter: whatever Ryuk does not remove, the next session's sweep does."""
+    pytester.makepyfile(
+        test_killed="""
+def test_catalog(aikernel_postgres, aikernel_vault, aikernel_redis):
+    pass
+""",
+        test_next="""
+import pytest
+
+@pytest.mark.aikernel_stack("redis")
+def test_cache(aikernel_stack):
+    aikernel_stack["redis"].client().ping()
+""",
+    )
+    label = {"label": "pytest-aikernel.service"}
+    before = {c.id for c in docker_api.containers.list(all=True, filters=label)}
+    proc = spawn(pytester, "test_killed.py")
+    try:
+        deadline = time.monotonic() + 120
+        new: list[docker.models.containers.Container] = []
+        while not new:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the inner run started no container"
+            found = docker_api.containers.list(all=True, ignore_removed=True, filters=label)
+            new = [c for c in found if c.id not in before]
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)  # the stack is starting: nothing is ready yet
+        proc.wait()
+        session = new[0].labels["pytest-aikernel.session"]
+        # the next session, at once: its sweep finds the dead owner's containers and network
+        result = run(pytester, "test_next.py")
+        assert result.ret == 0, result.stdout.str()
+        left = wait_gone(docker_api, session, timeout=10)
+        assert left == {}, left
+        assert not docker_api.networks.list(filters={"label": f"pytest-aikernel.session={session}"})
+    finally:
+        stop(proc)
+
+
+@needs_ryuk
 def test_ryuk_on_full_run_passes_and_says_so_in_the_header(
     pytester: pytest.Pytester, env: dict[str, str]
 ) -> None:

@@ -20,12 +20,15 @@ import contextlib
 import socket
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 _lock = threading.Lock()
 #: None until first asked; then "" (on) or why not
 _status: str | None = None
 _sockets: list[socket.socket] = []
 _registered: set[str] = set()
+#: testcontainers' Reaper class, when this plugin made its reaper and left it to end by itself
+_left_to_end: Any = None
 
 
 @atexit.register
@@ -35,6 +38,11 @@ def _keep_open_until_exit() -> None:
     warn about sockets left open on purpose."""
     while _sockets:
         _sockets.pop().detach()
+    if _left_to_end is not None:  # testcontainers' own connection to the reaper, likewise
+        sock = getattr(_left_to_end, "_socket", None)
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                sock.detach()
 
 
 def _image() -> str:
@@ -108,6 +116,18 @@ def _send_filter(host: str, port: int, line: str) -> tuple[socket.socket | None,
         time.sleep(0.1)
 
 
+def _let_ryuk_end_by_itself(reaper_class: Any) -> None:
+    """testcontainers removes its reaper's container at the interpreter's exit (a forced
+    removal: about 0.25 s at the end of every session here). The reaper this plugin had made
+    is left to end as Ryuk is made to: once its last client is gone (the process's end closes
+    the socket) and none is back within RYUK_RECONNECTION_TIMEOUT, it removes what its filters
+    match and exits, and Docker removes its container (testcontainers starts it auto-removed)."""
+    global _left_to_end
+    with contextlib.suppress(Exception):
+        atexit.unregister(reaper_class.delete_instance)
+        _left_to_end = reaper_class
+
+
 def register(labels: Mapping[str, str]) -> str:
     """Have Ryuk remove every container and network with all of ``labels`` once this process is
     gone. Returns "" when registered, else why not (the caller goes on without it)."""
@@ -124,7 +144,10 @@ def register(labels: Mapping[str, str]) -> str:
         try:
             from testcontainers.core.container import Reaper
 
+            created_here = getattr(Reaper, "_instance", None) is None
             Reaper.get_instance()
+            if created_here:
+                _let_ryuk_end_by_itself(Reaper)
             host, port = _address()
         except Exception as exc:
             text = str(exc).strip().splitlines()
