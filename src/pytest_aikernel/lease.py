@@ -50,6 +50,7 @@ from .errors import AikernelError, DockerUnavailable, StackStartError
 from .runtime import reaper
 from .runtime.docker import (
     LABEL_SESSION,
+    DockerRuntime,
     Owner,
     docker_client,
     remove_by_labels,
@@ -185,8 +186,17 @@ class PlainLease(Lease):
         _start(stack, names)
 
     def release(self, stack: Stack) -> None:
-        if not stack.external:
-            stack.runtime.close()
+        if stack.external:
+            return
+        if isinstance(stack.runtime, DockerRuntime) and stack.process_ends:
+            # at the session's end, when Ryuk holds the session, the process exits without
+            # waiting for the engine to remove the stack (0.3-0.6 s here): a detached process
+            # removes it at once, and Ryuk does if that one fails. Without Ryuk, or for a stack
+            # stopped while its process goes on, removed before stop() returns
+            held = reaper.holds({LABEL_SESSION: stack.session_id})
+            stack.runtime.close(in_background=held)
+            return
+        stack.runtime.close()
 
 
 class ExternalLease(Lease):

@@ -466,6 +466,7 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
     finally:
         stack = config.stash.get(stack_key, None)
         if stack is not None:
+            stack.process_ends = True
             stack.stop()
 
 
@@ -483,6 +484,7 @@ def _aikernel_session_stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
     try:
         yield stack
     finally:
+        stack.process_ends = True  # the session's end: pytest only reports after this
         stack.stop()
 
 

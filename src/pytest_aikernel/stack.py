@@ -189,6 +189,10 @@ class Stack:
         self._faults: FaultBook | None = None
         #: service -> the snapshot it started from ("" when it was seeded)
         self.from_snapshot: dict[str, str] = {}
+        #: set by whoever stops the stack right before its process ends (the plugin, at the
+        #: session's end): a plain stack that Ryuk holds is then removed by a process of its
+        #: own, and this one does not wait for the engine
+        self.process_ends = False
         atexit.register(self.stop)
 
     # ---- public mapping -----------------------------------------------------------------------

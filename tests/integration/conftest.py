@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import pytest
@@ -49,6 +51,21 @@ def containers_of(client: docker.DockerClient, session: str) -> dict[str, str]:
         all=True, ignore_removed=True, filters={"label": f"{LABEL_SESSION}={session}"}
     )
     return {c.labels[LABEL_SERVICE]: c.status for c in found}
+
+
+def removed(client: docker.DockerClient, session: str, timeout: float = 30) -> dict[str, Any]:
+    """What is left of ``session`` (containers by service, and networks) once it is gone or
+    ``timeout`` passed: a plain session that Ryuk holds is removed by a process of its own
+    after pytest exits (docs/lifecycle.md), so a check right after the run would race it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left: dict[str, Any] = dict(containers_of(client, session))
+        nets = networks_of(client, session)
+        if nets:
+            left["networks"] = nets
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def networks_of(client: docker.DockerClient, session: str) -> list[str]:

@@ -958,10 +958,17 @@ class DockerRuntime:
             return False
         return True
 
-    def close(self) -> None:
-        """Remove every container of this runtime's session and its network."""
+    def close(self, *, in_background: bool = False) -> None:
+        """Remove every container of this runtime's session and its network; with
+        ``in_background``, a process of its own removes them and this call returns at once
+        (the caller makes sure something else removes them if that process fails: Ryuk)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        # not from inside a container on the stack's network (attached mode): its end, which
+        # follows at once, would end the removing process too
+        if in_background and not self._attached() and self._remove_in_background():
+            self.detach()
+            return
         with self._lock:
             names = list(self._containers)
         if names:
@@ -973,6 +980,38 @@ class DockerRuntime:
             with contextlib.suppress(Exception):
                 remove_by_labels(self.client, {LABEL_SESSION: self.session_id})
         self.detach()
+
+    def _attached(self) -> bool:
+        try:
+            return self.engine.attached
+        except Exception:
+            return True  # unknown: remove here
+
+    def _remove_in_background(self) -> bool:
+        """Start ``python -m pytest_aikernel.runtime.remover <session>`` detached (its own
+        session, no output); False when it could not be started."""
+        import sys
+
+        spawn = getattr(os, "posix_spawn", None)
+        if spawn is None:
+            return False
+        devnull = os.devnull
+        try:
+            # posix_spawn, not Popen: a Popen object dropped while its child runs warns
+            spawn(
+                sys.executable,
+                [sys.executable, "-m", "pytest_aikernel.runtime.remover", self.session_id],
+                dict(os.environ),
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
+                ],
+                setsid=True,
+            )
+        except OSError:
+            return False
+        return True
 
 
 def _tar(files: Mapping[str, tuple[bytes, int]]) -> bytes:
@@ -1133,12 +1172,22 @@ def remove_by_labels(client: docker.DockerClient, labels: dict[str, str]) -> int
     filters: dict[str, Any] = {"label": [f"{k}={v}" for k, v in labels.items()]}
     removed = 0
     containers = client.containers.list(all=True, ignore_removed=True, filters=filters)
-    # keepers first: they hold the tmpfs volumes of the others
-    containers.sort(key=lambda c: not str(c.labels.get(LABEL_SERVICE, "")).startswith("keeper:"))
-    for container in containers:
+
+    def remove(container: Any) -> int:
         with contextlib.suppress(Exception):
             container.remove(force=True, v=True)
-            removed += 1
+            return 1
+        return 0
+
+    # keepers first: they hold the tmpfs volumes of the others; then the rest side by side
+    keepers = [c for c in containers if str(c.labels.get(LABEL_SERVICE, "")).startswith("keeper:")]
+    others = [c for c in containers if c not in keepers]
+    removed += sum(remove(c) for c in keepers)
+    if others:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(others), 8)) as pool:
+            removed += sum(pool.map(remove, others))
     for network in client.networks.list(filters=filters):
         _remove_network(network)
     with contextlib.suppress(Exception):

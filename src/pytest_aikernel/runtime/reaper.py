@@ -164,4 +164,12 @@ def register(labels: Mapping[str, str]) -> str:
         return ""
 
 
-__all__ = ["disabled_reason", "register", "status"]
+def holds(labels: Mapping[str, str]) -> bool:
+    """Whether Ryuk acknowledged a filter of exactly ``labels`` from this process (it removes
+    what they match once the process is gone)."""
+    line = "&".join(f"label={key}={value}" for key, value in sorted(labels.items()))
+    with _lock:
+        return line in _registered and _status == ""
+
+
+__all__ = ["disabled_reason", "holds", "register", "status"]
