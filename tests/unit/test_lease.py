@@ -170,3 +170,28 @@ def test_ryuk_filter_is_sent_again_when_the_port_proxy_drops_the_first_connectio
         assert got == [b"label=a=b\r\n"]
     finally:
         server.close()
+
+
+def test_ryuk_holds_only_an_acknowledged_filter_of_exactly_those_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain session's end hands its removal to a detached process only when Ryuk holds the
+    session's filter (it backs that process up); any other answer keeps the removal in-process."""
+    from pytest_aikernel.runtime import reaper
+
+    monkeypatch.setattr(reaper, "_registered", {"label=pytest-aikernel.session=abc"})
+    monkeypatch.setattr(reaper, "_status", "")
+    assert reaper.holds({"pytest-aikernel.session": "abc"})
+    assert not reaper.holds({"pytest-aikernel.session": "other"})
+    assert not reaper.holds({"pytest-aikernel.session": "abc", "extra": "x"})
+    monkeypatch.setattr(reaper, "_status", "Ryuk did not acknowledge the filter")
+    assert not reaper.holds({"pytest-aikernel.session": "abc"})
+
+
+def test_the_remover_names_its_usage_when_called_without_a_session(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pytest_aikernel.runtime import remover
+
+    assert remover.main([]) == 2
+    assert "python -m pytest_aikernel.runtime.remover SESSION_ID" in capsys.readouterr().err
