@@ -776,10 +776,9 @@ class DockerRuntime:
         """An image ``FROM base_image`` with each archive (of a data directory ``path``, less
         the ``exclude`` files relative to it) at ``SNAPSHOT_ROOT + path``, tagged
         ``aikernel-snapshot/<service>:<key>``, with the ``secrets`` its data holds as labels;
-        returns the tag. With ``detach``, a separate
-        process builds it (the session does not wait; the image appears when done)."""
+        returns the tag. With ``detach``, a separate process builds it (the session does not
+        wait; the image appears when done), where one can be started; else this one does."""
         import json
-        import sys
         import tempfile
 
         tag = snapshot_tag(service, key)
@@ -808,22 +807,7 @@ class DockerRuntime:
         manifest_path = os.path.join(folder, "manifest.json")
         with open(manifest_path, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh)
-        if detach:
-            # posix_spawn, not Popen: a Popen object dropped while its child runs warns
-            # (ResourceWarning), which `-W error` turns into a test error
-            devnull = os.devnull
-            pid = os.posix_spawn(
-                sys.executable,
-                [sys.executable, "-m", "pytest_aikernel.runtime.snapbuild", manifest_path],
-                dict(os.environ),
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
-                ],
-                setsid=True,
-            )
-            _BUILDERS.append(pid)
+        if detach and spawn_detached("pytest_aikernel.runtime.snapbuild", manifest_path):
             return tag
         from .snapbuild import build_from_manifest
 
@@ -988,30 +972,9 @@ class DockerRuntime:
             return True  # unknown: remove here
 
     def _remove_in_background(self) -> bool:
-        """Start ``python -m pytest_aikernel.runtime.remover <session>`` detached (its own
-        session, no output); False when it could not be started."""
-        import sys
-
-        spawn = getattr(os, "posix_spawn", None)
-        if spawn is None:
-            return False
-        devnull = os.devnull
-        try:
-            # posix_spawn, not Popen: a Popen object dropped while its child runs warns
-            spawn(
-                sys.executable,
-                [sys.executable, "-m", "pytest_aikernel.runtime.remover", self.session_id],
-                dict(os.environ),
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
-                ],
-                setsid=True,
-            )
-        except OSError:
-            return False
-        return True
+        """Start ``python -m pytest_aikernel.runtime.remover <session>`` detached; False when
+        it could not be started."""
+        return spawn_detached("pytest_aikernel.runtime.remover", self.session_id)
 
 
 def _tar(files: Mapping[str, tuple[bytes, int]]) -> bytes:
@@ -1070,12 +1033,46 @@ def _exposed(attrs: dict[str, Any]) -> list[int]:
     return [int(key.split("/")[0]) for key in bindings if key.endswith("/tcp")]
 
 
-#: pids of detached snapshot builders started by this process (reaped when they end)
+#: pids of detached processes started by this process (reaped when they end)
 _BUILDERS: list[int] = []
 
 
+def spawn_detached(module: str, *args: str) -> bool:
+    """Run ``python -m module args`` in a process of its own session, with no input or output,
+    that this process does not wait for (it may outlive it); False where that cannot be done
+    (no posix_spawn: Windows) or the start failed."""
+    import sys
+
+    spawn = getattr(os, "posix_spawn", None)
+    if spawn is None:
+        return False
+    env = dict(os.environ)
+    # the child imports this very package, also where only this process's sys.path finds it
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    devnull = os.devnull
+    try:
+        # posix_spawn, not Popen: a Popen object dropped while its child runs warns
+        # (ResourceWarning), which `-W error` turns into a test error
+        pid = spawn(
+            sys.executable,
+            [sys.executable, "-m", module, *args],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
+            ],
+            setsid=True,
+        )
+    except OSError:
+        return False
+    _BUILDERS.append(pid)
+    return True
+
+
 def reap_builders() -> None:
-    """Collect the detached snapshot builders that have ended (no zombies)."""
+    """Collect the detached processes that have ended (no zombies)."""
     for pid in list(_BUILDERS):
         try:
             done, _status = os.waitpid(pid, os.WNOHANG)
