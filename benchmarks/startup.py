@@ -16,7 +16,10 @@ It prints the medians, the ratio plugin/sequential (target <= 0.6), and per serv
 the server could first answer the plugin noticed it: the gap between the server's own "ready" log
 line (the Docker daemon's timestamp of that line) and the moment the plugin's probe passed
 (target <= 150 ms). A last section starts PostgreSQL alone with and without each of the plugin's
-speed settings, to show what each one gives.
+speed settings, to show what each one gives. With --engine-floor, it also times the engine alone
+starting three containers that boot nothing, side by side and one after another, on a network of
+their own with a published port (as the stack's are) and without a network: the part of a
+start that no plugin can cut.
 """
 
 from __future__ import annotations
@@ -307,6 +310,72 @@ def with_only(**parts: bool) -> Callable[[ContainerSpec], ContainerSpec]:
     return change
 
 
+def engine_floor(settings: Settings, repeat: int) -> None:
+    """What the engine alone takes to start containers like the stack's: three containers of
+    the redis image (a `sleep`, nothing to boot) on a network of their own with a published
+    loopback port each, started side by side and one after another, and without a network."""
+    import threading
+
+    from pytest_aikernel.runtime.docker import docker_client
+
+    client = docker_client()
+    image = image_for("redis", settings)
+    ports = {"6379/tcp": ("127.0.0.1", None)}
+
+    def trial(count: int, side_by_side: bool, network: bool) -> list[float]:
+        name = f"aikernel-bench-floor-{new_session_id()}"
+        kwargs: dict[str, Any] = {"ports": ports} if network else {"network_mode": "none"}
+        if network:
+            client.networks.create(name, driver="bridge")
+            kwargs["network"] = name
+        made = [
+            client.containers.create(
+                image, command=["sleep", "60"], entrypoint=[], detach=True, **kwargs
+            )
+            for _ in range(count)
+        ]
+        done: list[float] = []
+        began = time.monotonic()
+        try:
+            if side_by_side:
+                threads = [
+                    threading.Thread(
+                        target=lambda c=c: (c.start(), done.append(time.monotonic() - began))
+                    )
+                    for c in made
+                ]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+            else:
+                for c in made:
+                    c.start()
+                    done.append(time.monotonic() - began)
+        finally:
+            for c in made:
+                c.remove(force=True)
+            if network:
+                client.networks.get(name).remove()
+        return sorted(done)
+
+    print("\nthe engine alone: `docker start` of containers that boot nothing (median; ms at which")
+    print("the 1st, 2nd, 3rd start returned)")
+    cases = [
+        ("1 container, stack network + port", 1, True, True),
+        ("3 side by side, stack network + port", 3, True, True),
+        ("3 one after another, stack network + port", 3, False, True),
+        ("3 side by side, no network", 3, True, False),
+    ]
+    try:
+        for label, count, side_by_side, network in cases:
+            runs = [trial(count, side_by_side, network) for _ in range(repeat)]
+            at = [statistics.median(r[i] for r in runs) * 1000 for i in range(count)]
+            print(f"  {label:44s} " + " / ".join(f"{v:4.0f}" for v in at) + " ms")
+    finally:
+        client.close()
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -320,6 +389,11 @@ def main() -> int:
         "--skip-variants", action="store_true", help="skip the postgres settings section"
     )
     parser.add_argument("--skip-full", action="store_true", help="skip the all-services section")
+    parser.add_argument(
+        "--engine-floor",
+        action="store_true",
+        help="also time the engine alone starting containers that boot nothing",
+    )
     parser.add_argument(
         "--compare-jvm-tuning",
         action="store_true",
@@ -376,6 +450,9 @@ def main() -> int:
             )
         else:
             print(f"  {name:18s}   n/a (ready log line '{registry()[name].ready_log}' not seen)")
+
+    if args.engine_floor:
+        engine_floor(settings, args.repeat)
 
     if not args.skip_full:
         names = available(settings)
