@@ -84,6 +84,27 @@ def peak_memory(stack: Stack) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """Per service, the CPU seconds its container has used so far (cgroup v1 or v2)."""
+    out: dict[str, float] = {}
+    for name in stack.services:
+        cid = stack.running(name).container_id
+        try:
+            with open(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage", encoding="ascii") as fh:
+                out[name] = int(fh.read()) / 1e9
+            continue
+        except OSError:
+            pass
+        try:
+            path = f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"
+            with open(path, encoding="ascii") as fh:
+                stat = dict(line.split() for line in fh)
+            out[name] = int(stat["usage_usec"]) / 1e6
+        except (OSError, KeyError, ValueError):
+            pass
+    return out
+
+
 def full_stack_runs(
     settings: Settings, names: list[str], repeat: int, compare_jvm: bool = False
 ) -> None:
@@ -98,12 +119,15 @@ def full_stack_runs(
     peaks: list[dict[str, int]] = []
     untuned: list[float] = []
     per_service: dict[bool, dict[str, list[float]]] = {True: {}, False: {}}
+    cpu: list[tuple[float, dict[str, float]]] = []  # this process, each container
     for i in range(repeat):
         stack = Stack(settings)
         began = time.monotonic()
+        own = time.process_time()
         try:
             stack.start(names)
             parallel.append(time.monotonic() - began)
+            cpu.append((time.process_time() - own, cpu_seconds(stack)))
             peaks.append(peak_memory(stack))
             for name, secs in stack.timings.items():
                 per_service[True].setdefault(name, []).append(secs)
@@ -148,6 +172,18 @@ def full_stack_runs(
     )
     print(f"                                             {q:6.2f} s")
     print(f"  ratio plugin / sequential                  {p / q:6.2f}   (target <= 0.60)")
+    if cpu:
+        # is the start bound by the CPU? (cores x wall time is what there was)
+        wall = parallel[-1]
+        mine, used = cpu[-1]
+        print(
+            f"\nCPU seconds until the stack was ready (last run, {wall:.2f} s on "
+            f"{os.cpu_count()} cores = {wall * (os.cpu_count() or 1):.1f} cpu s there were): "
+            f"containers {sum(used.values()):.1f}, this process {mine:.1f}"
+        )
+        print(
+            "  " + ", ".join(f"{n} {v:.1f}" for n, v in sorted(used.items(), key=lambda kv: -kv[1]))
+        )
     last = peaks[-1] if peaks else {}
     total = sum(last.values())
     print(
