@@ -218,6 +218,43 @@ def test_cache(aikernel_stack):
 
 
 @needs_ryuk
+def test_ryuk_removes_the_stack_when_the_sessions_detached_remover_cannot(
+    pytester: pytest.Pytester,
+    docker_api: docker.DockerClient,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the end of a plain session that Ryuk holds, a detached process removes the stack and
+    pytest does not wait. Here that process cannot reach the engine (the test points DOCKER_HOST,
+    which it inherits, at nothing): the stack is still there after pytest returned, and Ryuk
+    removes it once its reconnection timeout has passed."""
+    reconnect = 8.0  # long enough to see the stack still there after the run
+    monkeypatch.setenv("RYUK_RECONNECTION_TIMEOUT", f"{reconnect:g}s")
+    pytester.makepyfile(
+        helper=RECORD,
+        test_end="""
+import os
+from helper import record
+
+def test_x(aikernel_redis, request):
+    assert aikernel_redis.client().ping()
+    record("session", request.getfixturevalue("aikernel_stack").session_id)
+    # the session's end spawns the remover with this environment: it reaches no engine
+    os.environ["DOCKER_HOST"] = "unix:///nonexistent/aikernel-test.sock"
+""",
+    )
+    result = run(pytester, "test_end.py")
+    result.assert_outcomes(passed=1)
+    ended = time.monotonic()
+    session = out("session")
+    assert set(containers_of(docker_api, session)) == {"redis"}, "the remover removed nothing"
+    left = wait_gone(docker_api, session, timeout=reconnect + 30)
+    assert left == {}, left
+    assert not docker_api.networks.list(filters={"label": f"pytest-aikernel.session={session}"})
+    print(f"Ryuk removed the stack {time.monotonic() - ended:.1f} s after pytest returned")
+
+
+@needs_ryuk
 def test_ryuk_on_full_run_passes_and_says_so_in_the_header(
     pytester: pytest.Pytester, env: dict[str, str]
 ) -> None:
