@@ -128,6 +128,11 @@ def _let_ryuk_end_by_itself(reaper_class: Any) -> None:
         _left_to_end = reaper_class
 
 
+def _filter_line(labels: Mapping[str, str]) -> str:
+    """Ryuk's filter for containers and networks that carry all of ``labels``."""
+    return "&".join(f"label={key}={value}" for key, value in sorted(labels.items()))
+
+
 def register(labels: Mapping[str, str]) -> str:
     """Have Ryuk remove every container and network with all of ``labels`` once this process is
     gone. Returns "" when registered, else why not (the caller goes on without it)."""
@@ -135,7 +140,7 @@ def register(labels: Mapping[str, str]) -> str:
     reason = disabled_reason()
     if reason:
         return reason
-    line = "&".join(f"label={key}={value}" for key, value in sorted(labels.items()))
+    line = _filter_line(labels)
     with _lock:
         if line in _registered:
             return ""
@@ -167,7 +172,7 @@ def register(labels: Mapping[str, str]) -> str:
 def holds(labels: Mapping[str, str]) -> bool:
     """Whether Ryuk acknowledged a filter of exactly ``labels`` from this process (it removes
     what they match once the process is gone)."""
-    line = "&".join(f"label={key}={value}" for key, value in sorted(labels.items()))
+    line = _filter_line(labels)
     with _lock:
         return line in _registered and _status == ""
 
