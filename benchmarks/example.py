@@ -8,8 +8,8 @@ new `python -m pytest -q -p no:cacheprovider` process, timed from its start to i
 interpreter, pytest, the plugin's import, the engine, Ryuk, the stack, the two tests and the
 removal of the containers all count). In one run, on the same images, in turns:
 
-  * plugin, snapshots on   - the default; PostgreSQL starts from its seeded snapshot (a first run
-                             before the timed ones makes it, and is printed as the first-ever run);
+  * plugin, snapshots on   - the default; PostgreSQL starts from its seeded snapshot (made after
+                             a first run, before the timed ones);
   * plugin, snapshots off  - `--aikernel-snapshots off`: PostgreSQL is seeded;
   * hand-written           - the same two tests written against testcontainers' modules directly
                              (session fixtures, one container after another, the Vault entry
@@ -19,6 +19,12 @@ removal of the containers all count). In one run, on the same images, in turns:
 
 It prints the medians (target: the plugin with snapshots <= 2 s), and the plugin's own breakdown
 from its terminal lines (each service's "ready in").
+
+Before those, `--first-runs N` pairs (default 3) time the first-ever run: the example's snapshot
+image is removed, then one process runs with snapshots on (it seeds PostgreSQL, and a separate
+process makes the snapshot after it) and one with snapshots off, each after the previous
+snapshot build has ended. It also prints how long after the first-ever run's exit its snapshot
+image was there.
 """
 
 from __future__ import annotations
@@ -123,6 +129,67 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
 READY = re.compile(r"aikernel: (\S+) ready in ([0-9.]+) s")
 
 
+def snapshot_key(output: str) -> str:
+    found = re.search(r"snapshot (\w+) is made by a separate process|from snapshot (\w+)", output)
+    if found is None:
+        raise SystemExit("the plugin said nothing of PostgreSQL's snapshot:\n" + output[-2000:])
+    return found.group(1) or found.group(2)
+
+
+def made_after(key: str, ended: float) -> float:
+    """Wait until the snapshot builds of this machine ended and ``key``'s image is there;
+    seconds from ``ended``."""
+    from pytest_aikernel.runtime.docker import docker_client, snapshot_tag
+    from pytest_aikernel.runtime.snapbuild import wait_for_builds
+
+    wait_for_builds(300)
+    client = docker_client()
+    try:
+        client.images.get(snapshot_tag("postgres", key))
+    except Exception:
+        raise SystemExit(f"the snapshot {key} was not made") from None
+    finally:
+        client.close()
+    return time.monotonic() - ended
+
+
+def first_runs(args: argparse.Namespace, cwd: Path, env: dict[str, str], key: str) -> None:
+    from pytest_aikernel.runtime.docker import docker_client, snapshot_tag
+
+    if args.first_runs <= 0:
+        return
+    print(f"\nthe first-ever run: snapshot removed before each 'first' ({args.first_runs} pairs)")
+    firsts: list[float] = []
+    offs: list[float] = []
+    builds: list[float] = []
+    for i in range(args.first_runs):
+        made_after(key, time.monotonic())
+        client = docker_client()
+        try:
+            client.images.remove(snapshot_tag("postgres", key), force=True)
+        finally:
+            client.close()
+        time.sleep(args.pause)
+        took, out = run(["-rA", "-s"], cwd, env)
+        ended = time.monotonic()
+        if f"snapshot {key} is made by a separate process" not in out:
+            raise SystemExit("the first-ever run did not seed PostgreSQL:\n" + out[-2000:])
+        builds.append(made_after(key, ended))
+        time.sleep(args.pause)
+        off, _out = run(["-rA", "-s", "--aikernel-snapshots", "off"], cwd, env)
+        firsts.append(took)
+        offs.append(off)
+        print(
+            f"  pair {i + 1}: first-ever {took:.2f} s | snapshots off {off:.2f} s | its snapshot "
+            f"there {builds[-1]:.1f} s after its exit"
+        )
+    print(
+        f"  median: first-ever {statistics.median(firsts):.2f} s, snapshots off "
+        f"{statistics.median(offs):.2f} s, snapshot there {statistics.median(builds):.1f} s "
+        "after the first-ever run's exit\n"
+    )
+
+
 def readies(output: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in READY.finditer(output)}
 
@@ -134,6 +201,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs of each variant (default 5)")
     parser.add_argument(
         "--pause", type=float, default=2.0, help="seconds between two processes (default 2)"
+    )
+    parser.add_argument(
+        "--first-runs",
+        type=int,
+        default=3,
+        help="pairs of first-ever (snapshot removed) and snapshots-off runs (default 3)",
     )
     args = parser.parse_args()
 
@@ -164,13 +237,10 @@ def main() -> int:
         )
         verbose = ["-rA", "-s"]
         first, out = run(verbose, plugin_dir, env)
-        made = "kept as snapshot" in out
-        print(
-            f"first run with snapshots on: {first:.2f} s "
-            + ("(made the snapshot: the first-ever run)" if made else "(a snapshot was there)")
-        )
-        if made:
-            time.sleep(5)  # the snapshot's image is built by a separate process
+        key = snapshot_key(out)
+        print(f"a first run with snapshots on: {first:.2f} s (snapshot {key})")
+        first_runs(args, plugin_dir, env, key)
+        made_after(key, time.monotonic())
         times: dict[str, list[float]] = {}
         breakdown: dict[str, list[float]] = {}
         variants = [

@@ -350,10 +350,32 @@ def _in_use(client: Any, image: Any) -> list[str]:
     ]
 
 
+#: seconds export, prune and down --snapshots wait for snapshot builds still running
+BUILD_WAIT = 300.0
+
+
+def wait_for_snapshot_builds(what: str) -> list[str]:
+    """Wait for the snapshots being made after earlier sessions on this machine (their
+    detached builders): what ``what`` does should see their images. Messages for those still
+    running after BUILD_WAIT."""
+    from .runtime.snapbuild import wait_for_builds
+
+    def told(name: str) -> None:
+        print(f"{what}: waiting for the snapshot being made ({name})", file=sys.stderr)
+
+    held = wait_for_builds(BUILD_WAIT, told)
+    return [
+        f"{what}: a snapshot build ({name}) still runs after {BUILD_WAIT:.0f} s; its image "
+        "may appear later"
+        for name in held
+    ]
+
+
 def remove_snapshots(client: Any) -> tuple[list[str], list[str]]:
-    """Remove every snapshot image that no container uses: (removed tags, kept messages)."""
+    """Remove every snapshot image that no container uses (once the builds running on this
+    machine ended): (removed tags, kept messages)."""
     removed: list[str] = []
-    kept: list[str] = []
+    kept: list[str] = wait_for_snapshot_builds("removing snapshots")
     for image in _snapshot_images(client):
         tags = image.tags or [image.short_id]
         users = _in_use(client, image)
@@ -534,6 +556,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         folder = Path(args.folder)
         if args.action == "export":
             folder.mkdir(parents=True, exist_ok=True)
+            for line in wait_for_snapshot_builds("aikernel snapshots export"):
+                print(line, file=sys.stderr)
             count = 0
             for image in _snapshot_images(client):
                 for tag in image.tags:

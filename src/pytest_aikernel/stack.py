@@ -35,12 +35,14 @@ from .services import Service, StackContext, TestScope
 from .settings import OPTIONS_BY_FIELD, Settings, env_name_for_image
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from .faults import FaultBook
     from .lease import Lease
     from .runtime.kubernetes import KubernetesRuntime
 
-    #: where a stack's containers run
-    Runtime = DockerRuntime | KubernetesRuntime
+    #: where a stack's containers run (an explicit alias: the modules import each other)
+    Runtime: TypeAlias = DockerRuntime | KubernetesRuntime
 
 #: readiness probes are retried this often (seconds)
 POLL_INTERVAL = 0.05
@@ -193,6 +195,13 @@ class Stack:
         #: session's end): a plain stack that Ryuk holds is then removed by a process of its
         #: own, and this one does not wait for the engine
         self.process_ends = False
+        #: make each missing snapshot at once, in this process (the detached builder's stack);
+        #: else a separate process makes it after :meth:`stop`
+        self.snapshot_now = False
+        #: service -> the key of the snapshot made in this process
+        self.snapshots_made: dict[str, str] = {}
+        #: seeded services whose snapshot is missing, made after :meth:`stop`
+        self._snapshots_due: dict[str, _Snapshot] = {}
         atexit.register(self.stop)
 
     # ---- public mapping -----------------------------------------------------------------------
@@ -483,11 +492,27 @@ class Stack:
         if name in self.from_snapshot:
             ports += f"; from snapshot {self.from_snapshot[name]}"
         self._emit(StackEvent("ready", name, elapsed=elapsed, detail=ports))
-        if snapshot is not None:
-            # after the ready event: the services that wait for this one go on meanwhile (a
-            # connection of theirs waits out the pause); the stack's start, and so every test,
-            # waits for this thread, so no test writes before the copy
+        if snapshot is None:
+            return
+        if self.snapshot_now:
+            # the builder's own stack, which no test uses: copied before stop()
             self._make_snapshot(name, svc, running, snapshot)
+            return
+        # no test waits for a copy: a separate process seeds a stack of its own after this one
+        # stops and keeps its state (the key covers everything that reaches it)
+        self._snapshots_due[name] = snapshot
+        from .runtime.snapbuild import last_failure
+
+        failed = last_failure(name, snapshot.key)
+        self._emit(
+            StackEvent(
+                "note",
+                name,
+                detail=f"{name}: snapshot {snapshot.key} is made by a separate process after "
+                "this session; later cold starts begin from it"
+                + (f" (the last attempt failed: {failed})" if failed else ""),
+            )
+        )
 
     # ---- snapshots ----------------------------------------------------------------------------
 
@@ -513,8 +538,8 @@ class Stack:
         return _Snapshot(key=key, tag=tag, image=image, base_id=base_id, held=held)
 
     def _make_snapshot(self, name: str, svc: Service, running: Running, plan: _Snapshot) -> None:
-        """Copy the seeded data directories now (the container paused for the copy, before any
-        test can write), and build the image in the background."""
+        """Copy the seeded data directories now (the container paused for the copy) and build
+        the image."""
         from . import __version__
 
         began = time.monotonic()
@@ -535,15 +560,14 @@ class Stack:
                 exclude=(*svc.snapshot_exclude, *transient),
                 secrets=svc.snapshot_secrets(self._ctx),
                 version=__version__,
-                detach=True,
             )
+            self.snapshots_made[name] = plan.key
             self._emit(
                 StackEvent(
                     "note",
                     name,
-                    detail=f"{name}: seeded state kept as snapshot {plan.key} (copied in "
-                    f"{time.monotonic() - began:.2f} s; its image is built in the background; "
-                    "later cold starts begin from it)",
+                    detail=f"{name}: seeded state kept as snapshot {plan.key} (made in "
+                    f"{time.monotonic() - began:.2f} s)",
                 )
             )
         except Exception as exc:
@@ -754,6 +778,19 @@ class Stack:
 
         reap_builders()
         self.lease.release(self)
+        self._build_due_snapshots()
+
+    def _build_due_snapshots(self) -> None:
+        """Start the detached builds of the snapshots this stack found missing (after the
+        stack's own removal has begun: the engine is not shared with its containers' start)."""
+        due, self._snapshots_due = self._snapshots_due, {}
+        if not due or self.runtime.kind != "docker":
+            return
+        from .runtime.snapbuild import spawn_build
+
+        for name, plan in due.items():
+            with contextlib.suppress(Exception):
+                spawn_build(self.settings, name, plan.key)
 
     # ---- sharing: what other processes need to attach -----------------------------------------
 

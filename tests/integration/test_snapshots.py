@@ -1,7 +1,8 @@
-"""Seeded snapshots of PostgreSQL: the first seeded start keeps one, the next cold start of the
-same key begins from it with exactly the seeded data, a changed init file gives a new one, ``off``
-never makes or uses one, a broken one falls back to seeding, and they can be removed, exported and
-imported.
+"""Seeded snapshots of PostgreSQL: after the first seeded start a separate process makes one
+(and leaves nothing else behind), the next cold start of the same key begins from it with exactly
+the seeded data, a changed init file gives a new one, ``off`` never makes or uses one, a broken one
+falls back to seeding, a failed build is shown and tried again, and they can be removed, exported
+(once their build ended) and imported.
 
 Each test seeds with an init file of its own (a random token in it), so its snapshot key is its own.
 """
@@ -23,7 +24,13 @@ from pathlib import Path
 import docker
 import pytest
 
-from pytest_aikernel.runtime.docker import LABEL_SNAPSHOT_KEY, SNAPSHOT_REPO, SNAPSHOT_ROOT
+from pytest_aikernel.runtime.docker import (
+    LABEL_SESSION,
+    LABEL_SNAPSHOT_KEY,
+    SNAPSHOT_REPO,
+    SNAPSHOT_ROOT,
+)
+from pytest_aikernel.runtime.snapbuild import failure_path, wait_for_builds
 
 from .test_lifecycle import RECORD, out
 
@@ -70,11 +77,14 @@ def project(
     pytester.makepyfile(test_snap=SUITE)
     pytester.makeini("[pytest]\naikernel_postgres_init = aikernel_catalog:snap.sql\n")
     yield pytester, token
+    wait_for_builds(120)  # a build still running would make its image after the removal
     client = docker.from_env()
     try:
         for key in _KEYS:
             with contextlib.suppress(docker.errors.APIError):
                 client.images.remove(f"{SNAPSHOT_REPO}/postgres:{key}", force=True)
+            with contextlib.suppress(OSError):
+                failure_path("postgres", key).unlink()
     finally:
         _KEYS.clear()
         client.close()
@@ -94,7 +104,7 @@ def _run(pytester: pytest.Pytester, *args: str) -> tuple[str, dict]:
 
 
 def _kept(text: str) -> str:
-    match = re.search(r"seeded state kept as snapshot (\w+)", text)
+    match = re.search(r"snapshot (\w+) is made by a separate process after this session", text)
     assert match is not None, text
     _KEYS.append(match.group(1))
     return match.group(1)
@@ -117,6 +127,74 @@ def _wait_image(key: str, timeout: float = 120) -> str:
         client.close()
 
 
+def _sessions(client: docker.DockerClient) -> set[str]:
+    return {
+        c.labels[LABEL_SESSION]
+        for c in client.containers.list(all=True, filters={"label": LABEL_SESSION})
+    }
+
+
+def test_the_snapshot_is_made_after_the_session_by_a_process_that_leaves_nothing(project) -> None:
+    """The first run does not wait for a copy: its snapshot is made after it by a separate
+    process, whose own stack is removed when the image is there."""
+    pytester, _token = project
+    client = docker.from_env()
+    before = _sessions(client)
+    text, _data = _run(pytester)
+    key = _kept(text)
+    session = re.search(r"session (\w+), ready in", text)
+    assert session is not None, text
+    tag = f"{SNAPSHOT_REPO}/postgres:{key}"
+    # a build takes seconds (its own stack is seeded first): not there when pytest returned
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get(tag)
+    assert _wait_image(key) == tag
+    assert wait_for_builds(60) == []
+    deadline = time.monotonic() + 30
+    while True:
+        left = _sessions(client) - before
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    client.close()
+    assert left == set(), f"left by the run ({session.group(1)}) or its snapshot's builder"
+    assert not failure_path("postgres", key).exists()
+
+
+BREAK_ENGINE = """
+import os
+
+def test_later(aikernel_postgres):
+    # what the session's end starts inherits this environment: it reaches no engine
+    os.environ["DOCKER_HOST"] = "unix:///nonexistent/aikernel-test.sock"
+"""
+
+
+def test_a_failed_build_is_shown_by_the_next_cold_start_and_tried_again(
+    project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester, _token = project
+    monkeypatch.setenv("RYUK_RECONNECTION_TIMEOUT", "5s")  # Ryuk removes the first stack
+    pytester.makepyfile(test_break=BREAK_ENGINE)
+    key = _kept(_run(pytester, "test_snap.py", "test_break.py")[0])
+    deadline = time.monotonic() + 60
+    while not failure_path("postgres", key).exists():
+        assert time.monotonic() < deadline, "the failed build left no reason"
+        time.sleep(0.2)
+    assert wait_for_builds(60) == []
+    text, data = _run(pytester, "test_snap.py")
+    assert _kept(text) == key
+    why = re.search(r"\(the last attempt failed: (.+)\)", text)
+    assert why is not None, text
+    assert "nonexistent" in why.group(1) or "Docker" in why.group(1), why.group(1)
+    assert data["rows"] == [["seed-1"], ["seed-2"]]
+    _wait_image(key)  # the second build worked
+    assert wait_for_builds(60) == []
+    assert not failure_path("postgres", key).exists()
+    text, _data = _run(pytester, "test_snap.py")
+    assert f"from snapshot {key}" in text
+
+
 def test_a_snapshot_start_holds_exactly_the_seeded_data(project) -> None:
     pytester, _token = project
     seeded_text, seeded = _run(pytester)
@@ -124,7 +202,7 @@ def test_a_snapshot_start_holds_exactly_the_seeded_data(project) -> None:
     _wait_image(key)
     text, from_snapshot = _run(pytester)
     assert re.search(rf"postgres ready in [\d.]+ s \(127\.0\.0\.1:\d+; from snapshot {key}\)", text)
-    assert "seeded state kept" not in text
+    assert "made by a separate process" not in text
     # the same schemas and tables, the same rows; none of what the first run's test wrote
     assert from_snapshot == seeded
     assert from_snapshot["rows"] == [["seed-1"], ["seed-2"]]
@@ -270,9 +348,10 @@ def _aikernel(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_export_import_round_trip_and_down_removes_them(project, tmp_path: Path) -> None:
     pytester, _token = project
     key = _kept(_run(pytester)[0])
-    tag = _wait_image(key)
+    tag = f"{SNAPSHOT_REPO}/postgres:{key}"
     folder = tmp_path / "cache"
     xdg = tmp_path / "xdg"
+    # right after the run, its snapshot is still being made: export waits for that
     _aikernel(xdg, "snapshots", "export", str(folder))
     exported = list(folder.glob("*.tar"))
     assert any(key in p.name for p in exported)

@@ -771,16 +771,12 @@ class DockerRuntime:
         exclude: Iterable[str] = (),
         secrets: Mapping[str, str] | None = None,
         version: str,
-        detach: bool = False,
     ) -> str:
         """An image ``FROM base_image`` with each archive (of a data directory ``path``, less
         the ``exclude`` files relative to it) at ``SNAPSHOT_ROOT + path``, tagged
         ``aikernel-snapshot/<service>:<key>``, with the ``secrets`` its data holds as labels;
-        returns the tag. With ``detach``, a separate process builds it (the session does not
-        wait; the image appears when done), where one can be started; else this one does."""
-        import json
-        import tempfile
-
+        returns the tag. The session never calls this: a separate process seeds a stack of its
+        own and builds the image after the session (:mod:`.snapbuild`)."""
         tag = snapshot_tag(service, key)
         labels = {
             LABEL_SNAPSHOT: service,
@@ -789,30 +785,18 @@ class DockerRuntime:
             "pytest-aikernel.version": version,
             **{LABEL_SNAPSHOT_SECRET + name: value for name, value in (secrets or {}).items()},
         }
-        folder = tempfile.mkdtemp(prefix="aikernel-snapshot-")
-        files = {}
-        for n, (path, data) in enumerate(archives.items()):
-            name = os.path.join(folder, f"data-{n}.tar")
-            with open(name, "wb") as fh:
-                fh.write(data)
-            files[path] = name
-        manifest = {
-            "base_image": base_image,
-            "tag": tag,
-            "labels": labels,
-            "archives": files,
-            "exclude": list(exclude),
-            "root": SNAPSHOT_ROOT,
-        }
-        manifest_path = os.path.join(folder, "manifest.json")
-        with open(manifest_path, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh)
-        if detach and spawn_detached("pytest_aikernel.runtime.snapbuild", manifest_path):
-            return tag
-        from .snapbuild import build_from_manifest
+        from .snapbuild import build_snapshot_image
 
         try:
-            build_from_manifest(self.client, manifest_path)
+            build_snapshot_image(
+                self.client,
+                base_image=base_image,
+                tag=tag,
+                labels=labels,
+                archives=archives,
+                exclude=set(exclude),
+                root=SNAPSHOT_ROOT,
+            )
         except Exception as exc:
             raise ServiceError(
                 service, f"{service}: the snapshot image could not be built: {_short(exc)}"
@@ -1037,10 +1021,11 @@ def _exposed(attrs: dict[str, Any]) -> list[int]:
 _BUILDERS: list[int] = []
 
 
-def spawn_detached(module: str, *args: str) -> bool:
+def spawn_detached(module: str, *args: str, keep_fds: Iterable[int] = ()) -> bool:
     """Run ``python -m module args`` in a process of its own session, with no input or output,
     that this process does not wait for (it may outlive it); False where that cannot be done
-    (no posix_spawn: Windows) or the start failed."""
+    (no posix_spawn: Windows) or the start failed. ``keep_fds`` are passed on to the child (a
+    lock it goes on holding)."""
     import sys
 
     spawn = getattr(os, "posix_spawn", None)
@@ -1051,6 +1036,8 @@ def spawn_detached(module: str, *args: str) -> bool:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     devnull = os.devnull
+    for fd in keep_fds:
+        os.set_inheritable(fd, True)
     try:
         # posix_spawn, not Popen: a Popen object dropped while its child runs warns
         # (ResourceWarning), which `-W error` turns into a test error

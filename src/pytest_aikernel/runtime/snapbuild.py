@@ -1,25 +1,121 @@
-"""Build a snapshot image in a process of its own, so that the session that made the snapshot
-does not wait for it: ``python -m pytest_aikernel.runtime.snapbuild MANIFEST.json``.
+"""Make a snapshot after the session that needed it, in a process of its own, so that no
+session waits for one: ``python -m pytest_aikernel.runtime.snapbuild JOB LOCK_FD``.
 
-The manifest names the service's image, the tag and labels, and for each data directory the raw
-archive the Docker API gave and the files to leave out. Its folder (a temporary one) is removed at
-the end, whatever happens. A failed build leaves no image: the next cold start seeds and tries
-again.
+The session that seeded a service without a snapshot writes a job (its settings, the service,
+the snapshot key) and takes the key's lock, which the child goes on holding. The child starts
+a stack of its own with that one service, seeded exactly as the session's was (the key covers
+everything that reaches the seeded state), copies its data directories while no test can write,
+builds the image and removes its stack. Ryuk holds that stack as any other; the job's folder is
+removed at the end, whatever happens. A failed build leaves no image, and a line saying why
+beside the lock; the next cold start seeds, shows that line, and tries again.
+
+``aikernel snapshots export`` waits for the locks of running builds (:func:`wait_for_builds`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
+import os
+import pickle
 import shutil
 import sys
 import tarfile
+import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import docker
+
+    from ..settings import Settings
+
+#: the file names of a key's lock and of its last failure, in the temporary folder
+LOCK_PREFIX = "aikernel-snapshot-"
+
+
+def lock_path(service: str, key: str) -> Path:
+    return Path(tempfile.gettempdir(), f"{LOCK_PREFIX}{service}-{key}.lock")
+
+
+def failure_path(service: str, key: str) -> Path:
+    return Path(tempfile.gettempdir(), f"{LOCK_PREFIX}{service}-{key}.failed")
+
+
+def last_failure(service: str, key: str) -> str:
+    """Why the last build of this snapshot failed ("" when none did or it is unknown)."""
+    try:
+        return failure_path(service, key).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def _take(path: Path, *, shared: bool = False) -> int | None:
+    """An open descriptor of ``path`` holding its lock, or None when another process holds it
+    (or locks cannot be had here)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no detached builds there
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def spawn_build(settings: Settings, service: str, key: str) -> bool:
+    """Start the detached build of ``service``'s snapshot ``key``; False when another process
+    builds it already, or no process could be started."""
+    from .docker import spawn_detached
+
+    fd = _take(lock_path(service, key))
+    if fd is None:
+        return False
+    folder = tempfile.mkdtemp(prefix=LOCK_PREFIX + "job-")
+    job = os.path.join(folder, "job.pickle")
+    started = False
+    try:
+        with open(job, "wb") as fh:
+            pickle.dump({"settings": settings, "service": service, "key": key}, fh)
+        started = spawn_detached("pytest_aikernel.runtime.snapbuild", job, str(fd), keep_fds=(fd,))
+    finally:
+        os.close(fd)  # the child holds the lock from here on
+        if not started:
+            shutil.rmtree(folder, ignore_errors=True)
+    return started
+
+
+def wait_for_builds(timeout: float, on_wait: Any = None) -> list[str]:
+    """Wait until no snapshot build of this machine holds its lock; the names of the locks
+    still held after ``timeout`` seconds. ``on_wait(name)`` is called once for each build that
+    is waited for."""
+    deadline = time.monotonic() + timeout
+    held: list[str] = []
+    for path in sorted(Path(tempfile.gettempdir()).glob(f"{LOCK_PREFIX}*.lock")):
+        told = False
+        while True:
+            fd = _take(path, shared=True)
+            if fd is not None:
+                os.close(fd)
+                break
+            if not path.exists():
+                break
+            if time.monotonic() >= deadline:
+                held.append(path.name)
+                break
+            if not told and on_wait is not None:
+                on_wait(path.name)
+                told = True
+            time.sleep(0.2)
+    return held
 
 
 def _filtered(path: str, archive: bytes, exclude: set[str]) -> bytes:
@@ -38,39 +134,109 @@ def _filtered(path: str, archive: bytes, exclude: set[str]) -> bytes:
     return out.getvalue()
 
 
-def build_from_manifest(client: docker.DockerClient, manifest_path: str) -> None:
+def build_snapshot_image(
+    client: docker.DockerClient,
+    *,
+    base_image: str,
+    tag: str,
+    labels: Mapping[str, str],
+    archives: Mapping[str, bytes],
+    exclude: set[str],
+    root: str,
+) -> None:
+    """Build ``tag`` ``FROM base_image`` with each archive of a data directory (less
+    ``exclude``) under ``root``."""
     from .docker import _tar, build_image
 
-    manifest: dict[str, Any] = json.loads(Path(manifest_path).read_text())
-    exclude = set(manifest["exclude"])
-    lines = [f"FROM {manifest['base_image']}"]
+    lines = [f"FROM {base_image}"]
     files: dict[str, tuple[bytes, int]] = {}
-    for n, (path, file) in enumerate(manifest["archives"].items()):
+    for n, (path, archive) in enumerate(archives.items()):
         name = f"data-{n}.tar"
-        files[name] = (_filtered(path, Path(file).read_bytes(), exclude), 0o644)
+        files[name] = (_filtered(path, archive, exclude), 0o644)
         parent = path.rstrip("/").rsplit("/", 1)[0]
-        lines.append(f"ADD {name} {manifest['root']}{parent}/")
+        lines.append(f"ADD {name} {root}{parent}/")
     files["Dockerfile"] = (("\n".join(lines) + "\n").encode(), 0o644)
-    context = io.BytesIO(_tar(files))
-    build_image(client, context, manifest["tag"], manifest["labels"])
+    build_image(client, io.BytesIO(_tar(files)), tag, labels)
+
+
+def build(settings: Settings, service: str, key: str) -> str:
+    """Seed ``service`` in a stack of its own and keep its snapshot; "" when made (or there
+    already), else why not."""
+    import dataclasses
+
+    from ..stack import Stack, StackEvent
+    from .docker import docker_client, snapshot_tag
+
+    client = docker_client()
+    try:
+        with contextlib.suppress(Exception):
+            client.images.get(snapshot_tag(service, key))
+            return ""  # made meanwhile (another machine on this engine, an import)
+    finally:
+        client.close()
+    notes: list[str] = []
+
+    def note(event: StackEvent) -> None:
+        if event.kind == "note":
+            notes.append(event.detail)
+
+    # only what reaches the seeded state: never reused, never shared, on this engine
+    settings = dataclasses.replace(settings, reuse=False, mode="docker", runtime="docker")
+    stack = Stack(settings, on_event=note)
+    stack.snapshot_now = True
+    try:
+        stack.start([service])
+    finally:
+        stack.stop()
+    made = stack.snapshots_made.get(service)
+    if made == key:
+        return ""
+    if made:
+        return f"the stack's key was {made}, not {key} (its image or settings changed meanwhile)"
+    return "; ".join(notes) or "no snapshot was made"
+
+
+#: seconds a build waits for the session's process to exit before it begins
+PARENT_WAIT = 10.0
+
+
+def _after_parent(parent: int) -> None:
+    """Yield the machine to the session's process until it exited (or PARENT_WAIT passed):
+    this build must not slow down its end. Then go on at a lower priority."""
+    deadline = time.monotonic() + PARENT_WAIT
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def main(argv: list[str]) -> int:
-    manifest_path = argv[0]
+    job_path, lock_fd = argv[0], int(argv[1])
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    _after_parent(os.getppid())
+    why = ""
+    service = key = ""
     try:
-        from .docker import docker_client
-
-        client = docker_client(timeout=300)
-        try:
-            build_from_manifest(client, manifest_path)
-        finally:
-            client.close()
-    except Exception:
-        return 1
+        with open(job_path, "rb") as fh:
+            job = pickle.load(fh)  # our own file, in a folder only this user can read
+        service, key = job["service"], job["key"]
+        with contextlib.suppress(OSError):
+            failure_path(service, key).unlink()
+        why = build(job["settings"], service, key)
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}"
     finally:
         with contextlib.suppress(OSError):
-            shutil.rmtree(Path(manifest_path).parent)
-    return 0
+            shutil.rmtree(Path(job_path).parent)
+    if why and service:
+        with contextlib.suppress(OSError):
+            failure_path(service, key).write_text(why.splitlines()[0][:500] + "\n")
+    elif service:
+        # still held: a build that opened this file meanwhile finds the image there and ends
+        with contextlib.suppress(OSError):
+            lock_path(service, key).unlink()
+    with contextlib.suppress(OSError):
+        os.close(lock_fd)
+    return 1 if why else 0
 
 
 if __name__ == "__main__":
