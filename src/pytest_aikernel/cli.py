@@ -535,6 +535,10 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
                     f"key {labels.get(LABEL_SNAPSHOT_KEY)}\t{size:.0f} MB\t"
                     f"{image.attrs.get('Created', '')[:19]}"
                 )
+            from .runtime.snapbuild import build_states
+
+            for service, key, state in build_states():
+                print(f"(build on this machine)\t{service}\tkey {key}\t{state}")
             for volume in client.volumes.list(filters={"label": LABEL_CACHE}):
                 labels = volume.attrs.get("Labels") or {}
                 print(

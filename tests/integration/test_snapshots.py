@@ -171,7 +171,7 @@ def test_later(aikernel_postgres):
 
 
 def test_a_failed_build_is_shown_by_the_next_cold_start_and_tried_again(
-    project, monkeypatch: pytest.MonkeyPatch
+    project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     pytester, _token = project
     monkeypatch.setenv("RYUK_RECONNECTION_TIMEOUT", "5s")  # Ryuk removes the first stack
@@ -182,6 +182,8 @@ def test_a_failed_build_is_shown_by_the_next_cold_start_and_tried_again(
         assert time.monotonic() < deadline, "the failed build left no reason"
         time.sleep(0.2)
     assert wait_for_builds(60) == []
+    listed = _aikernel(tmp_path / "xdg", "snapshots", "list").stdout
+    assert f"postgres\tkey {key}\tfailed: " in listed, listed
     text, data = _run(pytester, "test_snap.py")
     assert _kept(text) == key
     why = re.search(r"\(the last attempt failed: (.+)\)", text)

@@ -118,6 +118,37 @@ def wait_for_builds(timeout: float, on_wait: Any = None) -> list[str]:
     return held
 
 
+def build_states() -> list[tuple[str, str, str]]:
+    """(service, key, state) of this machine's snapshot builds: "running", or "failed: <why>"
+    for the last build of a key that failed (and was not tried again since)."""
+    states: list[tuple[str, str, str]] = []
+    for path in sorted(Path(tempfile.gettempdir()).glob(f"{LOCK_PREFIX}*")):
+        stem, dot, suffix = path.name[len(LOCK_PREFIX) :].rpartition(".")
+        service, dash, key = stem.rpartition("-")
+        if not (dot and dash and service) or service == "job":
+            continue
+        if suffix == "lock":
+            fd = _take(path, shared=True)
+            if fd is None:
+                states.append((service, key, "running"))
+            else:
+                os.close(fd)
+        elif suffix == "failed" and not lock_held(service, key):
+            states.append((service, key, f"failed: {last_failure(service, key)}"))
+    return states
+
+
+def lock_held(service: str, key: str) -> bool:
+    path = lock_path(service, key)
+    if not path.exists():
+        return False
+    fd = _take(path, shared=True)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
 def _filtered(path: str, archive: bytes, exclude: set[str]) -> bytes:
     """``archive`` (its top folder is the data directory's name) without ``exclude``."""
     top = path.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,67 @@
+"""The bookkeeping of detached snapshot builds: their locks and failure notes (no engine)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_aikernel.runtime import snapbuild
+
+
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def _hold(service: str, key: str) -> int:
+    fd = snapbuild._take(snapbuild.lock_path(service, key))
+    assert fd is not None
+    return fd
+
+
+def test_a_held_lock_is_a_running_build_and_a_second_cannot_take_it() -> None:
+    fd = _hold("postgres-replica", "0123456789abcdef")
+    try:
+        assert snapbuild._take(snapbuild.lock_path("postgres-replica", "0123456789abcdef")) is None
+        assert snapbuild.lock_held("postgres-replica", "0123456789abcdef")
+        assert snapbuild.build_states() == [("postgres-replica", "0123456789abcdef", "running")]
+    finally:
+        os.close(fd)
+    assert not snapbuild.lock_held("postgres-replica", "0123456789abcdef")
+    assert snapbuild.build_states() == []
+
+
+def test_a_failure_is_listed_until_a_build_of_the_key_runs(private_tmp: Path) -> None:
+    snapbuild.failure_path("postgres", "aaaa").write_text("DockerUnavailable: no engine\n")
+    (private_tmp / "aikernel-snapshot-job-x1y2").mkdir()  # a job folder is not a build
+    assert snapbuild.last_failure("postgres", "aaaa") == "DockerUnavailable: no engine"
+    assert snapbuild.build_states() == [
+        ("postgres", "aaaa", "failed: DockerUnavailable: no engine")
+    ]
+    fd = _hold("postgres", "aaaa")
+    try:
+        assert snapbuild.build_states() == [("postgres", "aaaa", "running")]
+    finally:
+        os.close(fd)
+    assert snapbuild.last_failure("postgres", "bbbb") == ""
+
+
+def test_wait_for_builds_waits_for_a_lock_and_gives_up_after_its_timeout() -> None:
+    fd = _hold("postgres", "cccc")
+    told: list[str] = []
+    threading.Timer(0.4, os.close, (fd,)).start()
+    began = time.monotonic()
+    assert snapbuild.wait_for_builds(10, told.append) == []
+    assert time.monotonic() - began >= 0.3
+    assert told == ["aikernel-snapshot-postgres-cccc.lock"]
+    fd = _hold("postgres", "dddd")
+    try:
+        assert snapbuild.wait_for_builds(0.3) == ["aikernel-snapshot-postgres-dddd.lock"]
+    finally:
+        os.close(fd)
