@@ -349,7 +349,8 @@ def with_only(**parts: bool) -> Callable[[ContainerSpec], ContainerSpec]:
 def engine_floor(settings: Settings, repeat: int) -> None:
     """What the engine alone takes to start containers like the stack's: three containers of
     the redis image (a `sleep`, nothing to boot) on a network of their own with a published
-    loopback port each, started side by side and one after another, and without a network."""
+    loopback port each, started side by side and one after another, on the default bridge
+    with a port, and without a network."""
     import threading
 
     from pytest_aikernel.runtime.docker import docker_client
@@ -358,9 +359,12 @@ def engine_floor(settings: Settings, repeat: int) -> None:
     image = image_for("redis", settings)
     ports = {"6379/tcp": ("127.0.0.1", None)}
 
-    def trial(count: int, side_by_side: bool, network: bool) -> list[float]:
+    def trial(count: int, side_by_side: bool, network: bool | None) -> list[float]:
+        """``network``: True a network of their own, None the default bridge, False none."""
         name = f"aikernel-bench-floor-{new_session_id()}"
-        kwargs: dict[str, Any] = {"ports": ports} if network else {"network_mode": "none"}
+        kwargs: dict[str, Any] = {"ports": ports} if network is not False else {}
+        if network is False:
+            kwargs["network_mode"] = "none"
         if network:
             client.networks.create(name, driver="bridge")
             kwargs["network"] = name
@@ -401,6 +405,7 @@ def engine_floor(settings: Settings, repeat: int) -> None:
         ("1 container, stack network + port", 1, True, True),
         ("3 side by side, stack network + port", 3, True, True),
         ("3 one after another, stack network + port", 3, False, True),
+        ("3 side by side, default bridge + port", 3, True, None),
         ("3 side by side, no network", 3, True, False),
     ]
     try:
