@@ -111,6 +111,9 @@ class Lease(ABC):
         """What this lease's stacks are made with besides the settings (session, owner...)."""
         return {}
 
+    def adopt_runtime(self, stack: Stack) -> None:  # noqa: B027 - optional hook
+        """Set up ``stack``'s runtime for this lease (called as the stack is made)."""
+
     @abstractmethod
     def grow(self, stack: Stack, names: Iterable[str]) -> None:
         """Make ``names`` and their dependencies part of ``stack``; raise StartFailed."""
@@ -158,6 +161,12 @@ class PlainLease(Lease):
     """This process starts the stack and removes it; Ryuk removes it if the process is killed."""
 
     kind = "plain"
+
+    def adopt_runtime(self, stack: Stack) -> None:
+        """Only this process starts containers in a plain stack: its network can wait until a
+        service needs it (no other process looks for it by name)."""
+        if isinstance(stack.runtime, DockerRuntime):
+            stack.runtime.network_on_demand = True
 
     def grow(self, stack: Stack, names: Iterable[str]) -> None:
         names = list(names)

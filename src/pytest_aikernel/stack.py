@@ -160,6 +160,7 @@ class Stack:
         )
         #: who holds this stack: decides how it grows and what stop() removes
         self.lease: Lease = lease or PlainLease()
+        self.lease.adopt_runtime(self)
         #: service -> extra container labels (reuse keys), set by the lease
         self.service_labels: Callable[[str], Mapping[str, str]] = lambda _name: {}
         #: services whose seeding another process did already (external mode under xdist)
@@ -307,7 +308,7 @@ class Stack:
         if not new:
             return
         if not self.external:
-            self.runtime.create_network()
+            self.runtime.prepare_start(any(self._registry[n].in_network for n in new))
         grown = frozenset(self._ctx.exposed)
         self._ctx.services = self._ctx.services | frozenset(new)
         for name in new:

@@ -442,11 +442,11 @@ def test_reused(aikernel_container, aikernel_stack):
     try:
         result = run(pytester, "--aikernel-reuse")
         result.assert_outcomes(passed=1)
-        assert (inner / "network").read_text() == f"aikernel-r{project}"
+        assert (inner / "network").read_text() == f"pytest-aikernel-r{project}"
         assert not exists(docker_api, (inner / "id-api").read_text())
         reused = docker_api.containers.list(filters={"label": f"pytest-aikernel.project={project}"})
         assert [c.labels[LABEL_SERVICE] for c in reused] == ["redis"], "the stack stays"
-        assert docker_api.networks.list(names=[f"aikernel-r{project}"])
+        assert docker_api.networks.list(names=[f"pytest-aikernel-r{project}"])
     finally:
         from pytest_aikernel.runtime.docker import remove_by_labels
 

@@ -53,3 +53,17 @@ def test_every_service_is_described() -> None:
         assert "latest" not in svc.default_image
         assert svc.ports
         assert svc.fixture_doc.strip()
+
+
+def test_the_services_that_talk_to_others_over_the_stack_network() -> None:
+    """A plain stack makes its network only when one of these starts (docs/lifecycle.md)."""
+    reg = registry()
+    assert sorted(name for name, svc in reg.items() if svc.in_network) == [
+        "grafana",  # its data sources, by alias
+        "kafka",  # ZooKeeper
+        "kibana",  # Elasticsearch
+        "postgres-replica",  # its primary
+        "prometheus",  # its scrape targets, by alias
+        "redis-replica",  # its master
+        "toxiproxy",  # the proxied services
+    ]

@@ -258,7 +258,16 @@ class DockerRuntime:
         self._engine: Engine | None = None
         self.owner = owner or Owner.current()
         self.extra_labels = dict(extra_labels or {})
-        self.network_name = network or f"aikernel-{session_id}"
+        # after "bridge" in name order: a container on both keeps the default bridge as its
+        # gateway network, so its published ports (and the connections through them) stay
+        self._network_name = network or f"pytest-aikernel-{session_id}"
+        #: the network is made only once something needs it (a plain stack: see
+        #: :meth:`prepare_start`); until then containers start on the engine's default bridge
+        self.network_on_demand = False
+        self._network_wanted = False
+        self._network_lock = threading.Lock()
+        #: services whose container was started on the default bridge (no network yet)
+        self._on_bridge: set[str] = set()
         self._client: docker.DockerClient | None = None
         self._network_ready = False
         self._containers: dict[str, Container] = {}  # service -> its container
@@ -318,27 +327,80 @@ class DockerRuntime:
 
     # ---- network ------------------------------------------------------------------------------
 
+    @property
+    def network_name(self) -> str:
+        """The stack's network, ``pytest-aikernel-<session id>``. A plain stack whose services reach
+        no other has none until this is read: whoever asks for it means to put a container on
+        it, so it is made then, with every container of the stack on it under its alias."""
+        if self.network_on_demand and not self._network_ready:
+            self.create_network()
+        return self._network_name
+
+    def prepare_start(self, in_network: bool) -> None:
+        """Before services start: make the network now when one of them talks to another over
+        it (``in_network``), when this runtime has no choice (a shared stack, attached mode),
+        or when it exists already; the making overlaps the services' own preparations (image
+        checks, snapshot lookups). Else they start on the default bridge."""
+        if not (
+            in_network or not self.network_on_demand or self._network_wanted or self._attached()
+        ):
+            return
+        self._network_wanted = True
+        if not self._network_ready:
+            threading.Thread(
+                target=self._create_quietly, name="aikernel-network", daemon=True
+            ).start()
+
+    def _create_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # the start that needs it makes it and says why
+            self.create_network()
+
     def create_network(self) -> None:
-        """Create the stack's network unless it exists (several processes may race for it)."""
+        """Create the stack's network unless it exists (several processes may race for it),
+        and put the containers that started on the default bridge on it."""
         import docker.errors
 
-        with self._lock:
+        self._network_wanted = True
+        with self._network_lock:
             if self._network_ready:
                 return
-        client = self.client
-        if not client.networks.list(names=[self.network_name]):
-            try:
-                client.networks.create(
-                    self.network_name, driver="bridge", labels=self.labels(), check_duplicate=True
-                )
-            except docker.errors.APIError as exc:
-                if not client.networks.list(names=[self.network_name]):
-                    raise DockerUnavailable(
-                        f"could not create the network {self.network_name}: {_short(exc)}"
-                    ) from None
-        self._attach_self()
-        with self._lock:
+            client = self.client
+            if not client.networks.list(names=[self._network_name]):
+                try:
+                    client.networks.create(
+                        self._network_name,
+                        driver="bridge",
+                        labels=self.labels(),
+                        check_duplicate=True,
+                    )
+                except docker.errors.APIError as exc:
+                    if not client.networks.list(names=[self._network_name]):
+                        raise DockerUnavailable(
+                            f"could not create the network {self._network_name}: {_short(exc)}"
+                        ) from None
+            self._attach_self()
+            for service in sorted(self._on_bridge):
+                self._join(service)
             self._network_ready = True
+
+    def _join(self, service: str) -> None:
+        """Put the container of ``service`` (started on the default bridge) on the stack network
+        as well, under its alias: its published ports and open connections stay as they are."""
+        import docker.errors
+
+        try:
+            self.client.api.connect_container_to_network(
+                self.container_name(service), self._network_name, aliases=[service]
+            )
+        except docker.errors.NotFound:
+            return  # removed meanwhile
+        except docker.errors.APIError as exc:
+            if "already exists" not in str(exc) and "already attached" not in str(exc):
+                raise ServiceError(
+                    service,
+                    f"{service}: could not put its container on the stack network "
+                    f"{self._network_name}: {_short(exc)}",
+                ) from None
 
     def _attach_self(self) -> None:
         """Attached mode: put this process's container on the stack network (idempotent)."""
@@ -348,19 +410,19 @@ class DockerRuntime:
         import docker.errors
 
         try:
-            self.client.api.connect_container_to_network(engine.container, self.network_name)
+            self.client.api.connect_container_to_network(engine.container, self._network_name)
         except docker.errors.APIError as exc:
             if "already exists" not in str(exc) and "already attached" not in str(exc):
                 raise DockerUnavailable(
                     f"could not put this container ({engine.container[:12]}) on the stack "
-                    f"network {self.network_name}: {_short(exc)}"
+                    f"network {self._network_name}: {_short(exc)}"
                 ) from None
 
     def use_network(self, name: str) -> None:
         """Start further containers on an existing network (a stack attached to, not owned)."""
         with self._lock:
-            self.network_name = name
-            self._network_ready = True
+            self._network_name = name
+            self._network_ready = self._network_wanted = True
         self._attach_self()
 
     def adopt(self, service: str, container_id: str) -> None:
@@ -447,7 +509,9 @@ class DockerRuntime:
     ) -> Running:
         from docker.types import EndpointConfig
 
-        self.create_network()
+        on_network = self._network_wanted or not self.network_on_demand
+        if on_network:
+            self.create_network()
         client = self.client
         engine = self.engine
         bindings: dict[str, Any] = {
@@ -458,12 +522,20 @@ class DockerRuntime:
             "labels": {**self.labels(service), **(labels or {})},
             "environment": dict(spec.env),
             "ports": bindings,
-            "network": self.network_name,
-            "networking_config": {
-                self.network_name: EndpointConfig(client.api.api_version, aliases=[service])
-            },
             "detach": True,
         }
+        if on_network:
+            with self._lock:
+                self._on_bridge.discard(service)  # a container made again (recreate)
+            kwargs["network"] = self._network_name
+            kwargs["networking_config"] = {
+                self._network_name: EndpointConfig(client.api.api_version, aliases=[service])
+            }
+        else:
+            # no service of the stack reaches it yet: the default bridge spares the engine the
+            # network and the per-container name server (0.2 s for three containers here)
+            with self._lock:
+                self._on_bridge.add(service)
         if spec.command is not None:
             kwargs["command"] = list(spec.command)
         if spec.entrypoint is not None:
@@ -487,6 +559,8 @@ class DockerRuntime:
                 raw.put_archive("/", _tar(spec.files))
             raw.start()
             raw.reload()
+            if not on_network and self._network_ready:
+                self._join(service)  # the network was made while this one started
         except Exception as exc:
             raise ServiceError(
                 service,
@@ -569,14 +643,14 @@ class DockerRuntime:
             raise ServiceError(service, f"{service}: {what} failed: {_short(exc)}") from None
 
     def state(self, service: str) -> ContainerState:
-        """Whether the container of ``service`` runs, is paused and is on the stack network."""
+        """Whether the container of ``service`` runs, is paused and is on its networks."""
         raw = self.container(service)
         state = raw.attrs.get("State", {})
         networks = raw.attrs.get("NetworkSettings", {}).get("Networks") or {}
         return ContainerState(
             running=bool(state.get("Running")),
             paused=bool(state.get("Paused")),
-            connected=self.network_name in networks,
+            connected=all(net in networks for net in self._networks_of(service)),
             container_id=str(raw.id),
             ports=_published_ports(raw.attrs, _exposed(raw.attrs)),
         )
@@ -601,27 +675,36 @@ class DockerRuntime:
     def unpause(self, service: str) -> None:
         self._do(service, "unpause", lambda raw: raw.unpause())
 
-    def disconnect(self, service: str) -> None:
-        """Take the container off the stack network (its published ports go with it)."""
-        name = self.container_name(service)
-        self._do(
-            service,
-            "disconnect",
-            lambda _raw: self.client.api.disconnect_container_from_network(
-                name, self.network_name, force=True
-            ),
+    def _networks_of(self, service: str) -> list[str]:
+        """The networks the container of ``service`` is on when no fault cut it off: the
+        default bridge if it started there (its published ports are on that one), and the
+        stack network once there is one."""
+        with self._lock:
+            bridge = service in self._on_bridge
+        return (["bridge"] if bridge else []) + (
+            [self._network_name] if self._network_ready or not bridge else []
         )
 
-    def reconnect(self, service: str) -> None:
-        """Put the container back on the stack network under its alias."""
+    def disconnect(self, service: str) -> None:
+        """Take the container off its networks (its published ports go with them)."""
         name = self.container_name(service)
-        self._do(
-            service,
-            "reconnect",
-            lambda _raw: self.client.api.connect_container_to_network(
-                name, self.network_name, aliases=[service]
-            ),
-        )
+
+        def cut(_raw: Container) -> None:
+            for network in self._networks_of(service):
+                self.client.api.disconnect_container_from_network(name, network, force=True)
+
+        self._do(service, "disconnect", cut)
+
+    def reconnect(self, service: str) -> None:
+        """Put the container back on its networks, on the stack network under its alias."""
+        name = self.container_name(service)
+
+        def join(_raw: Container) -> None:
+            for network in self._networks_of(service):
+                aliases = [service] if network == self._network_name else None
+                self.client.api.connect_container_to_network(name, network, aliases=aliases)
+
+        self._do(service, "reconnect", join)
 
     def keep_data(self, service: str) -> None:
         """Hold the tmpfs volumes of ``service`` in a small second container (``sleep`` in the

@@ -463,6 +463,10 @@ class KubernetesRuntime:
     def container_name(self, service: str) -> str:
         return f"{self.namespace}/{service}"
 
+    def prepare_start(self, in_network: bool) -> None:
+        """Before services start: their namespace, whatever they talk to."""
+        self.create_network()
+
     def create_network(self) -> None:
         """The stack's namespace (made once; another process of the run may have made it)."""
         if self._namespace_ready:

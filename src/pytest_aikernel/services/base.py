@@ -197,6 +197,10 @@ class Service(ABC):
     #: services that must run in the same stack, without waiting for them to be ready (the
     #: service connects to them by itself, e.g. Kibana to Elasticsearch)
     requires: ClassVar[tuple[str, ...]] = ()
+    #: its container reaches other services of the stack by their network alias (besides
+    #: ``depends_on`` and ``requires``, which always do): a plain stack gets its network only
+    #: once a service like this starts (or someone asks for the network)
+    reaches_others: ClassVar[bool] = False
     #: container ports published on 127.0.0.1
     ports: ClassVar[tuple[int, ...]] = ()
     #: docstring of the session fixture ``aikernel_<name>``
@@ -209,6 +213,11 @@ class Service(ABC):
     #: content): with its image, the plugin version and its dependencies' keys, they make the
     #: key under which a reused container of this service is found again
     shaped_by: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def in_network(self) -> bool:
+        """Whether this service's container talks to other services over the stack network."""
+        return self.reaches_others or bool(self.depends_on or self.requires)
 
     def validate(self, settings: Settings) -> None:  # noqa: B027 - optional hook
         """Check this service's settings early (configure time); raise ConfigError."""

@@ -100,6 +100,7 @@ def provisioning(services: frozenset[str]) -> dict[str, Any]:
 class Grafana(Service):
     name = "grafana"
     default_image = "grafana/grafana:10.2.3"
+    reaches_others = True  # its data sources are the stack's services, by alias
     requires = ("prometheus",)
     ports = (PORT,)
     external_env = "AIKERNEL_GRAFANA_URL"

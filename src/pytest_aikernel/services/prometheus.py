@@ -114,6 +114,7 @@ class Prometheus(Service):
     name = "prometheus"
     shaped_by = ("prometheus_scrape",)
     default_image = "prom/prometheus:v2.47.2"
+    reaches_others = True  # it scrapes the stack's services by alias
     ports = (PORT,)
     external_env = "AIKERNEL_PROMETHEUS_URL"
     external_default = "http://127.0.0.1:9090"
