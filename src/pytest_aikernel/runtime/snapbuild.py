@@ -127,18 +127,15 @@ def build_states() -> list[tuple[str, str, str]]:
         service, dash, key = stem.rpartition("-")
         if not (dot and dash and service) or service == "job":
             continue
-        if suffix == "lock":
-            fd = _take(path, shared=True)
-            if fd is None:
-                states.append((service, key, "running"))
-            else:
-                os.close(fd)
+        if suffix == "lock" and lock_held(service, key):
+            states.append((service, key, "running"))
         elif suffix == "failed" and not lock_held(service, key):
             states.append((service, key, f"failed: {last_failure(service, key)}"))
     return states
 
 
 def lock_held(service: str, key: str) -> bool:
+    """Whether a build of ``service``'s snapshot ``key`` runs on this machine."""
     path = lock_path(service, key)
     if not path.exists():
         return False
@@ -233,7 +230,7 @@ PARENT_WAIT = 10.0
 
 def _after_parent(parent: int) -> None:
     """Yield the machine to the session's process until it exited (or PARENT_WAIT passed):
-    this build must not slow down its end. Then go on at a lower priority."""
+    this build must not slow down its end (which is why it also runs niced)."""
     deadline = time.monotonic() + PARENT_WAIT
     while os.getppid() == parent and time.monotonic() < deadline:
         time.sleep(0.02)
