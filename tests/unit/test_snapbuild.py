@@ -65,3 +65,25 @@ def test_wait_for_builds_waits_for_a_lock_and_gives_up_after_its_timeout() -> No
         assert snapbuild.wait_for_builds(0.3) == ["aikernel-snapshot-postgres-dddd.lock"]
     finally:
         os.close(fd)
+
+
+def test_a_build_that_cannot_start_leaves_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_aikernel.runtime import docker as docker_runtime
+    from pytest_aikernel.settings import Settings
+
+    monkeypatch.setattr(docker_runtime, "spawn_detached", lambda *_a, **_k: False)
+    assert snapbuild.spawn_build(Settings(), "postgres", "eeee") is False
+    assert "no process could be started" in snapbuild.last_failure("postgres", "eeee")
+    assert not snapbuild.lock_held("postgres", "eeee")
+    assert not list(Path(tempfile.gettempdir()).glob("aikernel-snapshot-job-*"))
+
+
+def test_a_build_already_running_is_not_started_twice() -> None:
+    from pytest_aikernel.settings import Settings
+
+    fd = _hold("postgres", "ffff")
+    try:
+        assert snapbuild.spawn_build(Settings(), "postgres", "ffff") is False
+        assert snapbuild.last_failure("postgres", "ffff") == ""
+    finally:
+        os.close(fd)

@@ -73,7 +73,8 @@ def _take(path: Path, *, shared: bool = False) -> int | None:
 
 def spawn_build(settings: Settings, service: str, key: str) -> bool:
     """Start the detached build of ``service``'s snapshot ``key``; False when another process
-    builds it already, or no process could be started."""
+    builds it already, or none could be started (then why is kept for the next session's note,
+    as for a build that failed)."""
     from .docker import spawn_detached
 
     fd = _take(lock_path(service, key))
@@ -82,14 +83,19 @@ def spawn_build(settings: Settings, service: str, key: str) -> bool:
     folder = tempfile.mkdtemp(prefix=LOCK_PREFIX + "job-")
     job = os.path.join(folder, "job.pickle")
     started = False
+    why = "no process could be started here (posix_spawn)"
     try:
         with open(job, "wb") as fh:
             pickle.dump({"settings": settings, "service": service, "key": key}, fh)
         started = spawn_detached("pytest_aikernel.runtime.snapbuild", job, str(fd), keep_fds=(fd,))
+    except Exception as exc:
+        why = f"its job could not be written: {type(exc).__name__}: {exc}"
     finally:
-        os.close(fd)  # the child holds the lock from here on
         if not started:
             shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                failure_path(service, key).write_text(why + "\n")
+        os.close(fd)  # the child holds the lock from here on
     return started
 
 
