@@ -342,7 +342,11 @@ class DockerRuntime:
         or when it exists already; the making overlaps the services' own preparations (image
         checks, snapshot lookups). Else they start on the default bridge."""
         if not (
-            in_network or not self.network_on_demand or self._network_wanted or self._attached()
+            in_network
+            or not self.network_on_demand
+            or self._network_wanted
+            or self._attached()
+            or not self._default_bridge()
         ):
             return
         self._network_wanted = True
@@ -350,6 +354,19 @@ class DockerRuntime:
             threading.Thread(
                 target=self._create_quietly, name="aikernel-network", daemon=True
             ).start()
+
+    def _default_bridge(self) -> bool:
+        """Whether the engine has its default bridge (``dockerd --bridge=none`` has none: a
+        container started without a network would then publish no port)."""
+        import docker.errors
+
+        try:
+            self.client.api.inspect_network("bridge")
+        except docker.errors.NotFound:
+            return False
+        except Exception:
+            return True  # the start says what is wrong with the engine
+        return True
 
     def _create_quietly(self) -> None:
         with contextlib.suppress(Exception):  # the start that needs it makes it and says why
