@@ -30,7 +30,7 @@ from pytest_aikernel.runtime.docker import (
     SNAPSHOT_REPO,
     SNAPSHOT_ROOT,
 )
-from pytest_aikernel.runtime.snapbuild import failure_path, wait_for_builds
+from pytest_aikernel.runtime.snapbuild import failure_path, lock_path, wait_for_builds
 
 from .test_lifecycle import RECORD, out
 
@@ -159,6 +159,7 @@ def test_the_snapshot_is_made_after_the_session_by_a_process_that_leaves_nothing
     client.close()
     assert left == set(), f"left by the run ({session.group(1)}) or its snapshot's builder"
     assert not failure_path("postgres", key).exists()
+    assert not lock_path("postgres", key).exists(), "the build's lock file was left behind"
 
 
 BREAK_ENGINE = """

@@ -87,3 +87,18 @@ def test_a_build_already_running_is_not_started_twice() -> None:
         assert snapbuild.last_failure("postgres", "ffff") == ""
     finally:
         os.close(fd)
+
+
+def test_looking_at_a_build_never_makes_its_lock_file() -> None:
+    """An observer (export's wait, the list, a session's note) must not leave a lock file behind
+    once the build that held it removed it."""
+    path = snapbuild.lock_path("postgres", "1111")
+    assert not snapbuild.lock_held("postgres", "1111")
+    assert snapbuild.build_states() == []
+    assert snapbuild.wait_for_builds(1) == []
+    assert not path.exists()
+    fd = _hold("postgres", "1111")
+    path.unlink()  # the build removes its file while it still holds it, then ends
+    os.close(fd)
+    assert not snapbuild.lock_held("postgres", "1111")
+    assert not path.exists()

@@ -52,9 +52,9 @@ def last_failure(service: str, key: str) -> str:
         return ""
 
 
-def _take(path: Path, *, shared: bool = False) -> int | None:
-    """An open descriptor of ``path`` holding its lock, or None when another process holds it
-    (or locks cannot be had here)."""
+def _take(path: Path) -> int | None:
+    """An open descriptor of ``path`` (made if missing) holding its lock, or None when another
+    process holds it (or locks cannot be had here)."""
     try:
         import fcntl
     except ImportError:  # Windows: no detached builds there
@@ -64,11 +64,31 @@ def _take(path: Path, *, shared: bool = False) -> int | None:
     except OSError:
         return None
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         return None
     return fd
+
+
+def _held(path: Path) -> bool:
+    """Whether a process holds the lock ``path``; an observer's check, which never makes the
+    file (a build that ended removed it)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def spawn_build(settings: Settings, service: str, key: str) -> bool:
@@ -107,13 +127,7 @@ def wait_for_builds(timeout: float, on_wait: Any = None) -> list[str]:
     held: list[str] = []
     for path in sorted(Path(tempfile.gettempdir()).glob(f"{LOCK_PREFIX}*.lock")):
         told = False
-        while True:
-            fd = _take(path, shared=True)
-            if fd is not None:
-                os.close(fd)
-                break
-            if not path.exists():
-                break
+        while _held(path):
             if time.monotonic() >= deadline:
                 held.append(path.name)
                 break
@@ -142,14 +156,7 @@ def build_states() -> list[tuple[str, str, str]]:
 
 def lock_held(service: str, key: str) -> bool:
     """Whether a build of ``service``'s snapshot ``key`` runs on this machine."""
-    path = lock_path(service, key)
-    if not path.exists():
-        return False
-    fd = _take(path, shared=True)
-    if fd is None:
-        return True
-    os.close(fd)
-    return False
+    return _held(lock_path(service, key))
 
 
 def _filtered(path: str, archive: bytes, exclude: set[str]) -> bytes:
