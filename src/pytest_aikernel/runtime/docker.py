@@ -268,6 +268,7 @@ class DockerRuntime:
         self._network_lock = threading.Lock()
         #: services whose container was started on the default bridge (no network yet)
         self._on_bridge: set[str] = set()
+        self._has_bridge: bool | None = None  # the engine's default bridge, asked once
         self._client: docker.DockerClient | None = None
         self._network_ready = False
         self._containers: dict[str, Container] = {}  # service -> its container
@@ -360,13 +361,15 @@ class DockerRuntime:
         container started without a network would then publish no port)."""
         import docker.errors
 
-        try:
-            self.client.api.inspect_network("bridge")
-        except docker.errors.NotFound:
-            return False
-        except Exception:
-            return True  # the start says what is wrong with the engine
-        return True
+        if self._has_bridge is None:
+            try:
+                self.client.api.inspect_network("bridge")
+                self._has_bridge = True
+            except docker.errors.NotFound:
+                self._has_bridge = False
+            except Exception:
+                return True  # the start says what is wrong with the engine
+        return self._has_bridge
 
     def _create_quietly(self) -> None:
         with contextlib.suppress(Exception):  # the start that needs it makes it and says why
