@@ -220,7 +220,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 #: the JVM start-up settings --aikernel-jvm-tuning can choose among (docs/services.md)
-JVM_KNOBS: tuple[str, ...] = ("cds", "c1", "no-ml")
+JVM_KNOBS: tuple[str, ...] = ("cds", "c1", "no-ml", "unsigned-jars", "no-prealloc")
 
 OPTIONS = (
     *OPTIONS,
@@ -315,7 +315,9 @@ OPTIONS = (
         help="start the JVM services (Elasticsearch, Neo4j, Kafka, ZooKeeper) with the start-up "
         "settings of docs/services.md: on (all of them), off (their images' own settings), or "
         "a comma-separated list of the ones to use, of cds (class-data sharing), c1 (the first "
-        "JIT compiler only) and no-ml (Elasticsearch without machine learning)",
+        "JIT compiler only), no-ml (Elasticsearch without machine learning), unsigned-jars "
+        "(signed jars read as unsigned) and no-prealloc (Neo4j's transaction logs not filled "
+        "up front)",
         default="on",
     ),
     Option(
@@ -400,7 +402,7 @@ class Settings:
     #: JVM start-up settings for Elasticsearch, Neo4j, Kafka and ZooKeeper
     jvm_tuning: bool = True
     #: which of those settings (names of JVM_KNOBS); with jvm_tuning False, none is used
-    jvm_knobs: tuple[str, ...] = ("cds", "c1", "no-ml")
+    jvm_knobs: tuple[str, ...] = JVM_KNOBS
     #: where each setting came from ("--aikernel-image", "-o aikernel_images",
     #: "ini aikernel_images (<file>)", "env ...", "default"), for messages that tell the user
     #: which setting to change.

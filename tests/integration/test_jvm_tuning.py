@@ -27,7 +27,7 @@ from pytest_aikernel.runtime.docker import (
     LABEL_SESSION,
     cache_volume_name,
 )
-from pytest_aikernel.services import _jvm, image_for
+from pytest_aikernel.services import _jvm, image_for, registry
 
 from .test_snapshots import _aikernel
 
@@ -38,6 +38,12 @@ ARCHIVE_TIMEOUT = 600.0
 
 def tuned(settings: Settings, **changes: object) -> Settings:
     return dataclasses.replace(settings, jvm_tuning=True, runtime="docker", **changes)
+
+
+def archive(settings: Settings, service: str) -> str:
+    """The path of the service's archive with ``settings`` (Neo4j's name carries its knobs)."""
+    knobs = registry()[service].jvm_knobs(settings)  # type: ignore[attr-defined]
+    return _jvm.archive_path(_jvm.archive_of(knobs))
 
 
 def archive_job(stack: Stack, service: str, timeout: float = ARCHIVE_TIMEOUT) -> str:
@@ -55,7 +61,7 @@ def archive_job(stack: Stack, service: str, timeout: float = ARCHIVE_TIMEOUT) ->
 def maps_archive(stack: Stack, service: str) -> bool:
     """Whether the service's JVM (pid 1 in these stand-ins, or the one started with the archive)
     has its archive mapped."""
-    path = _jvm.archive_path(service)
+    path = archive(stack.settings, service)
     script = (
         'for d in /proc/[0-9]*; do if tr "\\0" "\\n" <"$d/cmdline" 2>/dev/null | '
         f'grep -qxF -e "-XX:SharedArchiveFile={path}"; then grep -qF "{path}" "$d/maps" && '
@@ -89,7 +95,7 @@ def test_the_containers_run_with_the_knobs_and_a_cache_volume(
         variable = {"elasticsearch": "ES_JAVA_OPTS", "neo4j": "NEO4J_server_jvm_additional"}.get(
             service, "KAFKA_OPTS"
         )
-        assert f"-XX:SharedArchiveFile={_jvm.archive_path(service)}" in env[variable]
+        assert f"-XX:SharedArchiveFile={archive(tuned_stack.settings, service)}" in env[variable]
         [mount] = [m for m in raw.attrs["Mounts"] if m["Destination"] == _jvm.CDS_DIR]
         image_id = raw.attrs["Image"]
         assert mount["Name"] == cache_volume_name(_jvm.volume_name(service), image_id)
@@ -140,7 +146,8 @@ def test_archives_are_made_in_the_background_and_mapped_by_the_next_start(
 ) -> None:
     for service in ("zookeeper", "kafka", "neo4j", "elasticsearch"):
         log = archive_job(tuned_stack, service)
-        assert f"made {_jvm.archive_path(service)}" in log or "is in use" in log, log
+        path = archive(tuned_stack.settings, service)
+        assert f"made {path}" in log or "is in use" in log, log
     again = Stack(tuned(aikernel_settings))
     try:
         again.start(["kafka"])  # and its zookeeper
@@ -257,7 +264,7 @@ def _neo4j_jvm(settings: Settings, docker_api: docker.DockerClient) -> tuple[str
         with stack["neo4j"].driver() as driver:
             assert driver.execute_query("RETURN 1 AS one").records[0]["one"] == 1
         env = dict(e.split("=", 1) for e in raw.attrs["Config"]["Env"])
-        assert bool(mounted) == (_jvm.archive_path("neo4j") in java[0])
+        assert bool(mounted) == (archive(settings, "neo4j") in java[0])
         return env.get("NEO4J_server_jvm_additional", ""), java[0].split()
     finally:
         stack.stop()
@@ -278,6 +285,38 @@ def test_a_list_of_knobs_starts_the_jvm_with_those_only(
 
 
 # ---- carried between machines: aikernel snapshots export / import ---------------------------
+
+
+def test_neo4j_reads_its_signed_jar_as_unsigned_and_archives_its_classes(
+    tuned_stack: Stack,
+) -> None:
+    """unsigned-jars: the properties file is in the container and named on the JVM's command
+    line, and the archive made with it holds the classes of the signed eclipse-collections jar
+    (an archive leaves out the classes of a jar the JVM reads as signed)."""
+    assert archive_job(tuned_stack, "neo4j")
+    path = archive(tuned_stack.settings, "neo4j")
+    assert path.endswith("/neo4j.unsigned.jsa")
+    code, text = tuned_stack.runtime.exec("neo4j", ["cat", _jvm.JAR_SECURITY_FILE], {})
+    assert code == 0 and f"jdk.jar.disabledAlgorithms={_jvm.JAR_DISABLED}" in text, text
+    # the JVM's own java and class path, its security properties; the archive's dictionary
+    script = (
+        'for d in /proc/[0-9]*; do if tr "\\0" "\\n" <"$d/cmdline" 2>/dev/null | '
+        f'grep -qxF -e "-XX:SharedArchiveFile={path}"; then pid=${{d#/proc/}}; fi; done; '
+        'java=$(tr "\\0" "\\n" </proc/$pid/cmdline | head -1); '
+        'cp=$(tr "\\0" "\\n" </proc/$pid/cmdline | grep -A1 -xF -e -cp | tail -1); '
+        'props=$(tr "\\0" "\\n" </proc/$pid/cmdline | grep -e "^-Djava.security.properties="); '
+        f'"$java" -Xshare:on -XX:SharedArchiveFile={path} "$props" '
+        '-XX:+PrintSharedArchiveAndExit -XX:+PrintSharedDictionary -cp "$cp" 2>&1 | '
+        'grep -c "org.eclipse.collections.impl."'
+    )
+    code, text = tuned_stack.runtime.exec("neo4j", ["sh", "-c", script], {})
+    assert int(text.strip() or 0) > 100, text
+    # and the transaction logs are not filled up front (no-prealloc)
+    with tuned_stack["neo4j"].driver() as driver:
+        records = driver.execute_query(
+            "SHOW SETTINGS YIELD name, value WHERE name = 'db.tx_log.preallocate' RETURN value"
+        ).records
+    assert [r["value"] for r in records] == ["false"]
 
 
 def test_export_and_import_carry_an_archive_to_an_engine_without_it(

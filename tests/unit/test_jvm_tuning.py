@@ -27,7 +27,9 @@ from pytest_aikernel.settings import Settings
 from .test_specs import running
 
 JVM_SERVICES = ("elasticsearch", "neo4j", "zookeeper", "kafka")
-ARCHIVE = {s: f"/aikernel-jvm/{s}.jsa" for s in JVM_SERVICES}
+#: the archive of each service's JVM with tuning on; Neo4j's holds the classes of its signed jar
+NAME = {**{s: s for s in JVM_SERVICES}, "neo4j": "neo4j.unsigned"}
+ARCHIVE = {s: f"/aikernel-jvm/{NAME[s]}.jsa" for s in JVM_SERVICES}
 
 
 def spec_of(service: str, **settings: Any) -> tuple[ContainerSpec, StackContext]:
@@ -129,29 +131,41 @@ def test_tuning_on_only_adds_to_the_documented_variables(service: str) -> None:
     for key, value in off.env.items():
         if key != variable:
             assert on.env[key] == value
-    assert {k: v for k, v in on.env.items() if k not in off.env and k != variable} == (
+    assert {k: v for k, v in on.env.items() if k not in off.env and k != variable} == {
         # Elasticsearch's launcher JVM (bin/elasticsearch's CLI) gets C1 through its variable
-        {"xpack.ml.enabled": "false", "CLI_JAVA_OPTS": "-XX:TieredStopAtLevel=1"}
-        if service == "elasticsearch"
-        else {}
-    )
+        "elasticsearch": {"xpack.ml.enabled": "false", "CLI_JAVA_OPTS": "-XX:TieredStopAtLevel=1"},
+        # a setting of the official image's form (db.tx_log.preallocate)
+        "neo4j": {"NEO4J_db_tx__log_preallocate": "false"},
+    }.get(service, {})
     # class-data sharing: the archive in a volume of its own, checked, never required
     assert added[:5] == [
         "-Xshare:auto",
         f"-XX:SharedArchiveFile={ARCHIVE[service]}",
         "-XX:+VerifySharedSpaces",
-        f"-XX:DumpLoadedClassList=/tmp/aikernel-jvm.{service}.classlist",
+        f"-XX:DumpLoadedClassList=/tmp/aikernel-jvm.{NAME[service]}.classlist",
         "-Xlog:cds=off",
     ]
     assert on.volumes == {f"jvm-{service}": "/aikernel-jvm"}
     if service in ("elasticsearch", "neo4j"):
         assert "-XX:TieredStopAtLevel=1" in added
+    files = dict(off.files)
+    if service == "neo4j":
+        # its signed jar is read as unsigned: a properties file of the JDK's, named by an option
+        assert "-Djava.security.properties=/tmp/aikernel-jvm.security" in added
+        content, mode = on.files["/tmp/aikernel-jvm.security"]
+        assert mode == 0o644
+        assert content.decode().splitlines()[-1] == (
+            "jdk.jar.disabledAlgorithms=MD2, MD5, RSA, DSA, EC, SHA1 denyAfter 2019-01-01"
+        )
+        files["/tmp/aikernel-jvm.security"] = (content, mode)
+    else:
+        assert not any("java.security" in a for a in added)
     # nothing else of the spec changes
     assert (on.image, on.ports, on.tmpfs, on.files, on.command, on.entrypoint, on.user) == (
         off.image,
         off.ports,
         off.tmpfs,
-        off.files,
+        files,
         off.command,
         off.entrypoint,
         off.user,
@@ -165,6 +179,32 @@ def test_no_archive_where_the_runtime_keeps_no_volumes(service: str) -> None:
     assert "cds" not in [k.name for k in knobs]
     assert spec.volumes == {}
     assert "SharedArchiveFile" not in " ".join(spec.env.values())
+    # nor a file: on Kubernetes it would cost the pod an init container
+    assert "unsigned-jars" not in [k.name for k in knobs]
+    assert spec.files == {}
+
+
+def test_the_archive_is_named_after_what_it_can_hold() -> None:
+    # Neo4j with its signed jar read as unsigned gets an archive of its own: one made before
+    # (without those classes) is not kept by the job
+    for chosen, name in [
+        (("cds", "c1", "unsigned-jars"), "neo4j.unsigned"),
+        (("cds", "c1"), "neo4j"),
+    ]:
+        knobs = registry()["neo4j"].jvm_knobs(Settings(jvm_knobs=chosen))  # type: ignore[attr-defined]
+        assert _jvm.archive_of(knobs) == name
+        [cds] = [k for k in knobs if k.name == "cds"]
+        assert cds.volumes == {"jvm-neo4j": "/aikernel-jvm"}  # one volume per service either way
+    assert _jvm.archive_of([_jvm.C1]) == ""
+    # the other services have no knob with a tag
+    for service in ("elasticsearch", "zookeeper", "kafka"):
+        knobs = registry()[service].jvm_knobs(Settings())  # type: ignore[attr-defined]
+        assert _jvm.archive_of(knobs) == service
+
+
+def test_the_archive_job_reads_the_jvms_security_properties() -> None:
+    # what the JVM reads as signed decides which classes the dump may archive
+    assert '-Djava.security.properties=*) set -- "$@" "$a" ;;' in _jvm.JOB_SCRIPT
 
 
 @pytest.mark.parametrize("service", JVM_SERVICES)
@@ -191,6 +231,9 @@ def test_with_knobs_appends_options_and_adds_env_and_volumes() -> None:
     out = _jvm.with_knobs(spec, "OPTS", knobs)
     assert out.env == {"OPTS": "-Xmx1g -XX:X -XX:Y -XX:Z", "A": "1", "B": "2", "CLI": "-XX:C"}
     assert out.volumes == {"v": "/v", "w": "/w"}
+    assert out.files == {}
+    with_file = _jvm.with_knobs(spec, "OPTS", [_jvm.Knob("f", files={"/tmp/f": (b"x", 0o600)})])
+    assert with_file.files == {"/tmp/f": (b"x", 0o600)}
     assert _jvm.with_knobs(ContainerSpec(image="i"), "OPTS", knobs[:1]).env["OPTS"] == (
         "-XX:X -XX:Y"
     )
@@ -217,7 +260,7 @@ def test_after_ready_starts_the_archive_job_only_with_cds() -> None:
     [(service, cmd, env)] = ctx.calls
     assert service == "neo4j"
     assert cmd[:3] == ["sh", "-c", _jvm._LAUNCH]
-    assert cmd[4:] == ["2", ARCHIVE["neo4j"], "/tmp/aikernel-jvm.neo4j.classlist"]
+    assert cmd[4:] == ["2", "/aikernel-jvm/neo4j.jsa", "/tmp/aikernel-jvm.neo4j.classlist"]
     assert env == {"AIKERNEL_JVM_JOB": _jvm.JOB_SCRIPT}
     # the exec returns at once: the job runs detached
     assert "nohup" in _jvm._LAUNCH and _jvm._LAUNCH.rstrip().endswith("&")
@@ -322,8 +365,9 @@ def _resolve(value: str) -> Settings:
 @pytest.mark.parametrize(
     ("value", "knobs"),
     [
-        ("on", ("cds", "c1", "no-ml")),
+        ("on", ("cds", "c1", "no-ml", "unsigned-jars", "no-prealloc")),
         ("off", ()),
+        ("no-prealloc,unsigned-jars", ("unsigned-jars", "no-prealloc")),
         ("c1", ("c1",)),
         ("no-ml, CDS", ("cds", "no-ml")),
     ],
@@ -340,7 +384,8 @@ def test_an_unknown_knob_names_the_setting_and_the_choices() -> None:
     with pytest.raises(ConfigError) as info:
         _resolve("c1,c2")
     assert str(info.value) == (
-        "env AIKERNEL_JVM_TUNING: expected on, off or a comma-separated list of cds, c1, no-ml; "
+        "env AIKERNEL_JVM_TUNING: expected on, off or a comma-separated list of cds, c1, no-ml, "
+        "unsigned-jars, no-prealloc; "
         "got 'c1,c2' (c2 is not one of them)"
     )
 

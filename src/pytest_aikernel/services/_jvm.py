@@ -47,8 +47,15 @@ class Knob:
     env: Mapping[str, str] = field(default_factory=dict)
     #: cache volumes: name -> mount path
     volumes: Mapping[str, str] = field(default_factory=dict)
+    #: files put in the container before it starts: path -> (content, mode)
+    files: Mapping[str, tuple[bytes, int]] = field(default_factory=dict)
     #: class-data archives (names) whose JVMs the job after the start checks
     archives: tuple[str, ...] = ()
+    #: only where the runtime keeps volumes and puts files cheaply (Docker)
+    docker_only: bool = False
+    #: the knob changes which classes an archive can hold: the service's archive gets a name of
+    #: its own with it (``<service>.<tag>``), so that an archive made without it is not kept
+    archive_tag: str = ""
 
 
 def archive_path(name: str) -> str:
@@ -79,32 +86,70 @@ def cds_options(name: str) -> tuple[str, ...]:
     )
 
 
-def cds(service: str, others: Mapping[str, str] | None = None) -> Knob:
+def cds(service: str, others: Mapping[str, str] | None = None, archive: str = "") -> Knob:
     """Application class-data sharing from archives in a volume kept per service and image: one
-    for the service's JVM, and one for each of ``others`` (JVM options variable -> archive name),
-    such as the launcher JVM that starts Elasticsearch."""
+    for the service's JVM (named ``archive``, by default the service), and one for each of
+    ``others`` (JVM options variable -> archive name), such as the launcher JVM that starts
+    Elasticsearch."""
     others = dict(others or {})
+    archive = archive or service
     return Knob(
         "cds",
-        options=cds_options(service),
+        options=cds_options(archive),
         more={variable: cds_options(name) for variable, name in others.items()},
         volumes={volume_name(service): CDS_DIR},
-        archives=(service, *others.values()),
+        archives=(archive, *others.values()),
+        docker_only=True,
     )
 
 
 #: only the first JIT compiler (C1): a start compiles far less; long-running code is slower
 C1 = Knob("c1", options=("-XX:TieredStopAtLevel=1",))
 
+#: the security properties file of :data:`UNSIGNED_JARS` in the container
+JAR_SECURITY_FILE = "/tmp/aikernel-jvm.security"
+#: the JDK's own list (JDK 11-21) and the signature algorithms of every signed jar
+JAR_DISABLED = "MD2, MD5, RSA, DSA, EC, SHA1 denyAfter 2019-01-01"
+
+#: signed jars on the class path are read as unsigned: the JVM checks no signature and digest
+#: of them at each start, and class-data sharing can archive their classes (it leaves out the
+#: classes of signed jars). It is the JDK's security property ``jdk.jar.disabledAlgorithms``
+#: ("a JAR signed with a disabled algorithm is treated as unsigned"), from a properties file
+#: put in the container and named by ``-Djava.security.properties``; TLS is not touched.
+UNSIGNED_JARS = Knob(
+    "unsigned-jars",
+    options=(f"-Djava.security.properties={JAR_SECURITY_FILE}",),
+    files={
+        JAR_SECURITY_FILE: (
+            b"# pytest-aikernel (--aikernel-jvm-tuning unsigned-jars): signed jars are read as\n"
+            b"# unsigned, so that no start verifies them and class-data sharing archives them\n"
+            + f"jdk.jar.disabledAlgorithms={JAR_DISABLED}\n".encode(),
+            0o644,
+        )
+    },
+    docker_only=True,
+    archive_tag="unsigned",
+)
+
 
 def knobs(service: str, settings: Settings, kept: Iterable[Knob]) -> tuple[Knob, ...]:
     """What ``service`` starts with: nothing with ``--aikernel-jvm-tuning off``; else
-    :func:`cds` (only where the runtime keeps volumes: Docker) and ``kept``."""
+    :func:`cds` and the chosen ones of ``kept``, those marked ``docker_only`` only where the
+    runtime is Docker. The archive's name carries the ``archive_tag`` of the others."""
     if not settings.jvm_tuning:
         return ()
     chosen = settings.jvm_knobs
-    first = (cds(service),) if settings.runtime == "docker" and "cds" in chosen else ()
-    return (*first, *(k for k in kept if k.name in chosen))
+    docker = settings.runtime == "docker"
+    picked = tuple(k for k in kept if k.name in chosen and (docker or not k.docker_only))
+    if not docker or "cds" not in chosen:
+        return picked
+    archive = ".".join([service, *(k.archive_tag for k in picked if k.archive_tag)])
+    return (cds(service, archive=archive), *picked)
+
+
+def archive_of(knobs: Iterable[Knob]) -> str:
+    """The name of the service JVM's class-data archive among ``knobs`` ("" without :func:`cds`)."""
+    return next((k.archives[0] for k in knobs if k.name == "cds" and k.archives), "")
 
 
 def with_knobs(spec: ContainerSpec, variable: str, knobs: Iterable[Knob]) -> ContainerSpec:
@@ -124,9 +169,11 @@ def with_knobs(spec: ContainerSpec, variable: str, knobs: Iterable[Knob]) -> Con
     for knob in knobs:
         env.update(knob.env)
     volumes = dict(spec.volumes)
+    files = dict(spec.files)
     for knob in knobs:
         volumes.update(knob.volumes)
-    return replace(spec, env=env, volumes=volumes)
+        files.update(knob.files)
+    return replace(spec, env=env, volumes=volumes, files=files)
 
 
 #: seconds the archive check waits after a service is ready, so that it does not compete with
@@ -173,12 +220,13 @@ def job_ended(output: str) -> bool:
 
 
 #: POSIX sh, run in the service's container: DELAY, then pairs ARCHIVE CLASS_LIST. For each
-#: pair it finds the JVM started with -XX:SharedArchiveFile=ARCHIVE and reads its java and
-#: class/module path from its command line. Unless that java maps ARCHIVE with them
-#: (``-Xshare:on``, checksums verified: absent, stale and damaged archives fail) and if the
-#: archive's directory is a writable volume, it dumps a static archive from the class list and
-#: moves it into place (atomic rename). Its log is /tmp/aikernel-jvm.log in the container; the
-#: directory /tmp/aikernel-jvm.lock exists while it runs (see JOB_STATUS).
+#: pair it finds the JVM started with -XX:SharedArchiveFile=ARCHIVE and reads its java, its
+#: class/module path and its security properties file from its command line. Unless that java
+#: maps ARCHIVE with them (``-Xshare:on``, checksums verified: absent, stale and damaged
+#: archives fail) and if the archive's directory is a writable volume, it dumps a static
+#: archive from the class list and moves it into place (atomic rename). Its log is
+#: /tmp/aikernel-jvm.log in the container; the directory /tmp/aikernel-jvm.lock exists while it
+#: runs (see JOB_STATUS).
 JOB_SCRIPT = r"""
 log=/tmp/aikernel-jvm.log
 mkdir /tmp/aikernel-jvm.lock 2>/dev/null || exit 0
@@ -210,6 +258,8 @@ one() {
       -cp|-classpath|--class-path|-p|--module-path|--upgrade-module-path|--add-modules) take=$a ;;
       --class-path=*|--module-path=*|--upgrade-module-path=*|--add-modules=*) set -- "$@" "$a" ;;
       -jar) take=-cp ;;
+      # what the JVM reads as signed decides which classes an archive may hold
+      -Djava.security.properties=*) set -- "$@" "$a" ;;
       -m|--module) break ;;
       -*) ;;
       *) break ;;
