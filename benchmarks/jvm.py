@@ -93,6 +93,8 @@ def candidates(service: str) -> list[_jvm.Knob]:
     elif service == "neo4j":
         out += [
             _jvm.C1,
+            _jvm.UNSIGNED_JARS,
+            _jvm.Knob("no-prealloc", env={"NEO4J_db_tx__log_preallocate": "false"}),
             _jvm.Knob("serial-gc", options=G1_OFF_SERIAL),
             NO_PRETOUCH,
             _jvm.Knob("small-initial-heap", options=("-Xms64m",)),
@@ -130,6 +132,26 @@ def kept(service: str, on: Settings) -> list[_jvm.Knob]:
     return list(registry()[service].jvm_knobs(on))  # type: ignore[attr-defined]
 
 
+def renamed(knob: _jvm.Knob, service: str, archive: str) -> _jvm.Knob:
+    """A class-data knob (or another form of it) of ``service`` with its archive named
+    ``archive`` (the service's JVM's only; other JVMs' archives keep their names)."""
+    current = knob.archives[0] if knob.archives else service
+    if archive == current:
+        return knob
+    paths = {
+        _jvm.archive_path(current): _jvm.archive_path(archive),
+        _jvm.class_list(current): _jvm.class_list(archive),
+    }
+    options = tuple(
+        "=".join([o.split("=", 1)[0], paths.get(o.split("=", 1)[1], o.split("=", 1)[1])])
+        if "=" in o
+        else o
+        for o in knob.options
+    )
+    archives = tuple(archive if a == current else a for a in knob.archives)
+    return dataclasses.replace(knob, options=options, archives=archives)
+
+
 def with_named(
     on: Settings, keep: bool, add: str = "", drop: str = ""
 ) -> Callable[[str, ContainerSpec], ContainerSpec]:
@@ -141,6 +163,9 @@ def with_named(
         gone = {drop, *(k.name for k in kept(service, on) if add.startswith(k.name + "-"))}
         knobs = [k for k in kept(service, on) if k.name not in gone] if keep else []
         knobs += [k for k in candidates(service) if k.name == add and k not in knobs]
+        # the archive is named after the knobs that change what it can hold, as the plugin does
+        archive = ".".join([service, *(k.archive_tag for k in knobs if k.archive_tag)])
+        knobs = [renamed(k, service, archive) if k.name.startswith("cds") else k for k in knobs]
         env_var = registry()[service].jvm_options_env  # type: ignore[attr-defined]
         return _jvm.with_knobs(spec, env_var, knobs)
 
