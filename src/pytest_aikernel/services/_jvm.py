@@ -114,8 +114,9 @@ JAR_DISABLED = "MD2, MD5, RSA, DSA, EC, SHA1 denyAfter 2019-01-01"
 #: signed jars on the class path are read as unsigned: the JVM checks no signature and digest
 #: of them at each start, and class-data sharing can archive their classes (it leaves out the
 #: classes of signed jars). It is the JDK's security property ``jdk.jar.disabledAlgorithms``
-#: ("a JAR signed with a disabled algorithm is treated as unsigned"), from a properties file
-#: put in the container and named by ``-Djava.security.properties``; TLS is not touched.
+#: ("JARs signed with any of the disabled algorithms ... will be treated as unsigned", says the
+#: JDK's java.security), from a properties file put in the container and named by
+#: ``-Djava.security.properties``; TLS is not touched.
 UNSIGNED_JARS = Knob(
     "unsigned-jars",
     options=(f"-Djava.security.properties={JAR_SECURITY_FILE}",),
