@@ -108,7 +108,7 @@ C1 = Knob("c1", options=("-XX:TieredStopAtLevel=1",))
 
 #: the security properties file of :data:`UNSIGNED_JARS` in the container
 JAR_SECURITY_FILE = "/tmp/aikernel-jvm.security"
-#: the JDK's own list (JDK 11-21) and the signature algorithms of every signed jar
+#: JDK 17's list, with the signature algorithms (RSA, DSA, EC) disabled whatever their key size
 JAR_DISABLED = "MD2, MD5, RSA, DSA, EC, SHA1 denyAfter 2019-01-01"
 
 #: signed jars on the class path are read as unsigned: the JVM checks no signature and digest
