@@ -155,7 +155,7 @@ JVM_OVERHEAD_MB = 256
 #: --aikernel-jvm-tuning on (docs/services.md, "JVM start-up"); class-data sharing comes first
 NEO4J_KNOBS: tuple[_jvm.Knob, ...] = (
     _jvm.C1,
-    # its class path has a signed jar (eclipse-collections, ~7000 entries): each start checked
+    # its class path has a signed jar (eclipse-collections, 4326 entries): each start checked
     # its signature and digests, and no archive could hold its classes
     _jvm.UNSIGNED_JARS,
     # the transaction logs are not filled up front: on the tmpfs /data that was ~0.5 GiB of
