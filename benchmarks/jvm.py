@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pytest_aikernel.runtime import ContainerSpec
 from pytest_aikernel.runtime.docker import cache_volume_name, docker_client
 from pytest_aikernel.services import _jvm, image_for, registry
+from pytest_aikernel.services.neo4j import NO_PREALLOC
 from pytest_aikernel.settings import Settings
 from pytest_aikernel.stack import Stack, StackHooks
 from startup import settings_from_env
@@ -94,7 +95,7 @@ def candidates(service: str) -> list[_jvm.Knob]:
         out += [
             _jvm.C1,
             _jvm.UNSIGNED_JARS,
-            _jvm.Knob("no-prealloc", env={"NEO4J_db_tx__log_preallocate": "false"}),
+            NO_PREALLOC,
             _jvm.Knob("serial-gc", options=G1_OFF_SERIAL),
             NO_PRETOUCH,
             _jvm.Knob("small-initial-heap", options=("-Xms64m",)),
@@ -138,14 +139,10 @@ def renamed(knob: _jvm.Knob, service: str, archive: str) -> _jvm.Knob:
     current = knob.archives[0] if knob.archives else service
     if archive == current:
         return knob
-    paths = {
-        _jvm.archive_path(current): _jvm.archive_path(archive),
-        _jvm.class_list(current): _jvm.class_list(archive),
-    }
     options = tuple(
-        "=".join([o.split("=", 1)[0], paths.get(o.split("=", 1)[1], o.split("=", 1)[1])])
-        if "=" in o
-        else o
+        o.replace(_jvm.archive_path(current), _jvm.archive_path(archive)).replace(
+            _jvm.class_list(current), _jvm.class_list(archive)
+        )
         for o in knob.options
     )
     archives = tuple(archive if a == current else a for a in knob.archives)

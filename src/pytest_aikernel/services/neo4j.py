@@ -152,15 +152,16 @@ def _driver(ctx: StackContext, running: Running) -> neo4j.Driver:
 
 #: memory of the JVM besides heap and page cache: a Kubernetes pod requests all three
 JVM_OVERHEAD_MB = 256
+#: the transaction logs are not filled up front: on the tmpfs /data that was ~0.5 GiB of memory
+#: and CPU time for zeroes
+NO_PREALLOC = _jvm.Knob("no-prealloc", env={"NEO4J_db_tx__log_preallocate": "false"})
 #: --aikernel-jvm-tuning on (docs/services.md, "JVM start-up"); class-data sharing comes first
 NEO4J_KNOBS: tuple[_jvm.Knob, ...] = (
     _jvm.C1,
     # its class path has a signed jar (eclipse-collections, 4326 entries): each start checked
     # its signature and digests, and no archive could hold its classes
     _jvm.UNSIGNED_JARS,
-    # the transaction logs are not filled up front: on the tmpfs /data that was ~0.5 GiB of
-    # memory and CPU time for zeroes
-    _jvm.Knob("no-prealloc", env={"NEO4J_db_tx__log_preallocate": "false"}),
+    NO_PREALLOC,
 )
 
 
