@@ -58,15 +58,19 @@ def archive_job(stack: Stack, service: str, timeout: float = ARCHIVE_TIMEOUT) ->
     pytest.fail(f"{service}: the archive job did not end within {timeout:g} s: {text!r}")
 
 
+def find_jvm(path: str) -> str:
+    """Shell that sets ``pid`` to the JVM started with the archive ``path``."""
+    return (
+        'for d in /proc/[0-9]*; do if tr "\\0" "\\n" <"$d/cmdline" 2>/dev/null | '
+        f'grep -qxF -e "-XX:SharedArchiveFile={path}"; then pid=${{d#/proc/}}; fi; done; '
+    )
+
+
 def maps_archive(stack: Stack, service: str) -> bool:
     """Whether the service's JVM (pid 1 in these stand-ins, or the one started with the archive)
     has its archive mapped."""
     path = archive(stack.settings, service)
-    script = (
-        'for d in /proc/[0-9]*; do if tr "\\0" "\\n" <"$d/cmdline" 2>/dev/null | '
-        f'grep -qxF -e "-XX:SharedArchiveFile={path}"; then grep -qF "{path}" "$d/maps" && '
-        "echo MAPPED; fi; done"
-    )
+    script = find_jvm(path) + f'[ -n "$pid" ] && grep -qF "{path}" "/proc/$pid/maps" && echo MAPPED'
     # as the JVM's own user: /proc/<pid>/maps of another user's process is not readable
     user = stack.runtime.exec(service, ["sh", "-c", "stat -c %u /proc/1"], {})[1].strip()
     text = stack.runtime.exec(service, ["sh", "-c", script], {}, user=user)[1]
@@ -299,9 +303,7 @@ def test_neo4j_reads_its_signed_jar_as_unsigned_and_archives_its_classes(
     code, text = tuned_stack.runtime.exec("neo4j", ["cat", _jvm.JAR_SECURITY_FILE], {})
     assert code == 0 and f"jdk.jar.disabledAlgorithms={_jvm.JAR_DISABLED}" in text, text
     # the JVM's own java and class path, its security properties; the archive's dictionary
-    script = (
-        'for d in /proc/[0-9]*; do if tr "\\0" "\\n" <"$d/cmdline" 2>/dev/null | '
-        f'grep -qxF -e "-XX:SharedArchiveFile={path}"; then pid=${{d#/proc/}}; fi; done; '
+    script = find_jvm(path) + (
         'java=$(tr "\\0" "\\n" </proc/$pid/cmdline | head -1); '
         'cp=$(tr "\\0" "\\n" </proc/$pid/cmdline | grep -A1 -xF -e -cp | tail -1); '
         'props=$(tr "\\0" "\\n" </proc/$pid/cmdline | grep -e "^-Djava.security.properties="); '
