@@ -40,7 +40,7 @@ os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
 
 from pytest_aikernel.runtime import ContainerSpec
 from pytest_aikernel.runtime.docker import DockerRuntime, new_session_id
-from pytest_aikernel.services import image_for, registry, start_order
+from pytest_aikernel.services import image_for, platform_names, registry, start_order
 from pytest_aikernel.settings import RawSources, Settings, resolve
 from pytest_aikernel.stack import Stack
 
@@ -48,14 +48,15 @@ THREE = ["postgres", "redis", "vault"]
 FIVE = ["postgres", "postgres-replica", "redis", "redis-replica", "vault"]
 
 
-def available(settings: Settings) -> list[str]:
-    """Every service whose image is in the local engine (nothing is pulled)."""
+def available(settings: Settings, helpers: bool = False) -> list[str]:
+    """Every platform service (what a bare marker starts; with ``helpers``, Toxiproxy too)
+    whose image is in the local engine (nothing is pulled)."""
     from pytest_aikernel.runtime.docker import docker_client
 
     client = docker_client()
     names = []
     try:
-        for name in registry():
+        for name in registry() if helpers else platform_names():
             try:
                 client.images.get(image_for(name, settings))
                 names.append(name)
@@ -394,7 +395,7 @@ def engine_floor(settings: Settings, repeat: int) -> None:
                     done.append(time.monotonic() - began)
         finally:
             for c in made:
-                c.remove(force=True)
+                c.remove(force=True, v=True)
             if network:
                 client.networks.get(name).remove()
         return sorted(done)
@@ -440,6 +441,11 @@ def main() -> int:
         action="store_true",
         help="in the all-services section, also start the plugin's stack with "
         "--aikernel-jvm-tuning off and print both",
+    )
+    parser.add_argument(
+        "--with-helpers",
+        action="store_true",
+        help="in the all-services section, start the helper Toxiproxy too",
     )
     args = parser.parse_args()
     settings = settings_from_env()
@@ -496,7 +502,7 @@ def main() -> int:
         engine_floor(settings, args.repeat)
 
     if not args.skip_full:
-        names = available(settings)
+        names = available(settings, helpers=args.with_helpers)
         print(f"\nall services whose image is present ({args.repeat} runs each)")
         full_stack_runs(settings, names, args.repeat, compare_jvm=args.compare_jvm_tuning)
 

@@ -154,7 +154,7 @@ def _progress(event: Any) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from .lease import StartFailed, open_stack
 
-    requested = args.services or list(registry_mod.names())
+    requested = args.services or list(registry_mod.platform_names())
     registry_mod.check_names(requested, "aikernel up")
     settings, root = _settings(args, Path.cwd())
     began = time.monotonic()
@@ -425,7 +425,9 @@ CACHE_MOUNT = "/aikernel-cache"
 
 def _with_volume(client: Any, image: str, volume: str, path: str, work: Any) -> Any:
     """Run ``work(container)`` on a created (never started) container of ``image`` that mounts
-    ``volume`` on ``path``; the container is removed afterwards."""
+    ``volume`` on ``path``; the container is removed afterwards, with the anonymous volumes the
+    engine made for the image's other ``VOLUME`` paths (``volume`` is named: the engine keeps
+    it)."""
     from docker.types import Mount
 
     container = client.containers.create(
@@ -437,7 +439,7 @@ def _with_volume(client: Any, image: str, volume: str, path: str, work: Any) -> 
     try:
         return work(container)
     finally:
-        container.remove(force=True, v=False)
+        container.remove(force=True, v=True)
 
 
 def export_cache_volumes(client: Any, folder: Path) -> int:
@@ -735,7 +737,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "services",
         nargs="*",
         metavar="SERVICE",
-        help=f"services to start (default: all): {', '.join(registry_mod.names())}",
+        help=f"services to start (default: {', '.join(registry_mod.platform_names())}); "
+        "helpers only when named: "
+        + ", ".join(n for n in registry_mod.names() if n not in registry_mod.platform_names()),
     )
     up.add_argument(
         "-c",

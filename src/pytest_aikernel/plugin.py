@@ -174,15 +174,15 @@ def _needs(item: pytest.Item) -> set[str]:
     needed: set[str] = set()
     if _surely_skipped(item):
         return needed
-    all_names = registry_mod.names()
+    every = registry_mod.platform_names()
     for marker in item.iter_markers(MARKER):
         args = [str(a) for a in marker.args]
         registry_mod.check_names(args, f"@pytest.mark.{MARKER} on {item.nodeid}")
-        needed.update(args or all_names)
+        needed.update(args or every)
     fixturenames = getattr(item, "fixturenames", ())
     if STACK_FIXTURE in fixturenames and item.get_closest_marker(MARKER) is None:
-        needed.update(all_names)
-    for name in all_names:
+        needed.update(every)
+    for name in registry_mod.names():
         if registry_mod.fixture_name(name) in fixturenames:
             needed.add(name)
     for fixture, (service, _iso) in registry_mod.isolations().items():

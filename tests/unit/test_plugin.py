@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pytest_aikernel.secrets import SecretStore, mask_value
-from pytest_aikernel.services import names
+from pytest_aikernel.services import names, platform_names
 from pytest_aikernel.services.postgres import PostgresService
 
 TESTS = """
@@ -46,8 +46,38 @@ def test_stack_fixture_without_marker_needs_everything(pytester: pytest.Pytester
     pytester.makepyfile("def test_all(aikernel_stack):\n    pass\n")
     result = pytester.runpytest("--collect-only", "-q")
     result.stdout.fnmatch_lines(
-        ["aikernel: services needed by the selected tests: " + ", ".join(names())]
+        ["aikernel: services needed by the selected tests: " + ", ".join(platform_names())]
     )
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        "@pytest.mark.aikernel_stack\ndef test_all():\n    pass\n",
+        "def test_all(aikernel_stack):\n    pass\n",
+    ],
+    ids=["bare marker", "stack fixture"],
+)
+def test_every_service_is_the_thirteen_without_the_toxiproxy_helper(
+    pytester: pytest.Pytester, test: str
+) -> None:
+    """Toxiproxy (17 published ports) starts only for a test that asks for faults or names it."""
+    assert len(platform_names()) == 13
+    assert set(names()) - set(platform_names()) == {"toxiproxy"}
+    pytester.makepyfile("import pytest\n\n" + test)
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["aikernel: services needed by the selected tests: *"])
+    line = next(x for x in result.stdout.lines if "services needed" in x)
+    assert "toxiproxy" not in line
+    assert "kibana" in line and "jaeger" in line
+
+
+def test_a_marker_that_names_toxiproxy_brings_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        "import pytest\n\n@pytest.mark.aikernel_stack('toxiproxy')\ndef test_t():\n    pass\n"
+    )
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["aikernel: services needed by the selected tests: toxiproxy"])
 
 
 def test_no_services_no_line(pytester: pytest.Pytester) -> None:

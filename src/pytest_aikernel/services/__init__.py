@@ -41,7 +41,14 @@ def registry() -> Mapping[str, Service]:
 
 
 def names() -> tuple[str, ...]:
+    """Every known service, helpers included (what a marker may name)."""
     return tuple(registry())
+
+
+def platform_names() -> tuple[str, ...]:
+    """The platform's services: what "every service" means (a bare marker, ``aikernel up``);
+    helpers such as Toxiproxy start only when asked for."""
+    return tuple(name for name, svc in registry().items() if not svc.helper)
 
 
 def fixture_name(service: str) -> str:

@@ -201,6 +201,9 @@ class Service(ABC):
     #: ``depends_on`` and ``requires``, which always do): a plain stack gets its network only
     #: once a service like this starts (or someone asks for the network)
     reaches_others: ClassVar[bool] = False
+    #: a helper of the tests, not one of the platform's services (Toxiproxy): it starts only
+    #: when a test asks for it, never as part of "every service"
+    helper: ClassVar[bool] = False
     #: container ports published on 127.0.0.1
     ports: ClassVar[tuple[int, ...]] = ()
     #: docstring of the session fixture ``aikernel_<name>``

@@ -53,6 +53,7 @@ class Toxiproxy(Service):
     name = "toxiproxy"
     default_image = "ghcr.io/shopify/toxiproxy:2.12.0"
     reaches_others = True  # its proxies forward to the services by alias
+    helper = True  # aikernel_faults or aikernel_toxiproxy bring it; "every service" does not
     ports = (API, *POOL)
     external_env = "AIKERNEL_TOXIPROXY_URL"
     external_default = "http://127.0.0.1:8474"
