@@ -70,3 +70,87 @@ def removed(client: docker.DockerClient, session: str, timeout: float = 30) -> d
 
 def networks_of(client: docker.DockerClient, session: str) -> list[str]:
     return [n.name for n in client.networks.list(filters={"label": f"{LABEL_SESSION}={session}"})]
+
+
+def run_once(client: docker.DockerClient, image: str, command: Any = None, **kwargs: Any) -> bytes:
+    """Run a container of ``image`` to its end and return its output; the container is removed
+    with its anonymous volumes (docker-py's ``run(remove=True)`` leaves those of the image's
+    ``VOLUME`` paths on the engine). A non-zero exit fails the test with the output."""
+    container = client.containers.run(image, command, detach=True, **kwargs)
+    try:
+        code = container.wait(timeout=120).get("StatusCode")
+        output: bytes = container.logs()
+    finally:
+        container.remove(force=True, v=True)
+    assert code == 0, f"{image} exited with {code}: {output.decode(errors='replace')}"
+    return output
+
+
+# ---- the suite leaves no anonymous volume behind ------------------------------------------------
+
+#: the label newer engines give an anonymous volume (20.10 gives it none)
+_ANONYMOUS = "com.docker.volume.anonymous"
+#: [test id, start, end] of each test run so far, in wall-clock seconds (end None while it runs:
+#: the session's last test is still running when the check below runs in its teardown)
+_WINDOWS: list[list[Any]] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    window = [item.nodeid, time.time(), None]
+    _WINDOWS.append(window)
+    try:
+        return (yield)
+    finally:
+        window[2] = time.time()
+
+
+def dangling_anonymous(client: docker.DockerClient) -> dict[str, str]:
+    """name -> creation time of each anonymous volume that no container uses."""
+    found = {}
+    for volume in client.volumes.list(filters={"dangling": True}):
+        labels = volume.attrs.get("Labels") or {}
+        if set(labels) <= {_ANONYMOUS}:
+            found[volume.name] = str(volume.attrs.get("CreatedAt", ""))
+    return found
+
+
+def _created_by(created: str) -> str:
+    """The test that ran when a volume was made (its ``CreatedAt``, RFC 3339)."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return "?"
+    for nodeid, began, ended in _WINDOWS:
+        if began - 1 <= when <= (time.time() if ended is None else ended) + 1:
+            return nodeid
+    return "between tests"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_volume_left_behind(docker_api: docker.DockerClient) -> Iterator[None]:
+    """Fails the session when its containers left anonymous volumes (the images' ``VOLUME``
+    paths) on the engine: every removal must take them along. Waits a little for removals
+    that run in the background."""
+    before = set(dangling_anonymous(docker_api)) | {v.name for v in docker_api.volumes.list()}
+    yield
+    deadline = time.monotonic() + 30
+    while True:
+        left = {n: c for n, c in dangling_anonymous(docker_api).items() if n not in before}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    by_test: dict[str, int] = {}
+    for created in left.values():
+        test = _created_by(created)
+        by_test[test] = by_test.get(test, 0) + 1
+    if left:
+        pytest.fail(
+            f"{len(left)} anonymous volumes (of images' VOLUME paths) were left on the engine "
+            "after their containers were removed; made during: "
+            + "; ".join(f"{test} ({n})" for test, n in sorted(by_test.items()))
+            + f". Remove containers with v=True. Volumes: {', '.join(sorted(left))}",
+            pytrace=False,
+        )

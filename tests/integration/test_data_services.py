@@ -10,7 +10,7 @@ import pytest
 
 from pytest_aikernel import ElasticsearchService, KafkaService, Neo4jService, ZookeeperService
 
-from .conftest import read_kv
+from .conftest import read_kv, run_once
 
 DATA = pytest.mark.aikernel_stack("neo4j", "elasticsearch", "kafka", "vault")
 
@@ -128,7 +128,8 @@ def test_a_container_on_the_stack_network_reaches_the_broker_by_alias(
     aikernel_stack, aikernel_kafka: KafkaService, docker_api: docker.DockerClient
 ) -> None:
     image = aikernel_stack.running("kafka").image
-    output = docker_api.containers.run(
+    output = run_once(
+        docker_api,
         image,
         command=[
             "kafka-topics",
@@ -137,7 +138,6 @@ def test_a_container_on_the_stack_network_reaches_the_broker_by_alias(
             "--list",
         ],
         network=aikernel_stack.runtime.network_name,
-        remove=True,
     )
     assert "catalog-events" in output.decode().split()
 

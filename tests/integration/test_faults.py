@@ -499,7 +499,9 @@ import pytest
 def test_1_removes_redis(aikernel_stack, aikernel_redis):
     aikernel_redis.stop()
     client = docker.from_env()
-    client.containers.get(aikernel_stack.runtime.container_name("redis")).remove(force=True)
+    client.containers.get(aikernel_stack.runtime.container_name("redis")).remove(
+        force=True, v=True
+    )
     client.close()
 
 def test_2_needs_redis(aikernel_redis):

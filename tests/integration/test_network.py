@@ -17,7 +17,7 @@ import pytest
 from pytest_aikernel import Settings, Stack
 from pytest_aikernel.runtime.docker import LABEL_SESSION
 
-from .conftest import networks_of
+from .conftest import networks_of, run_once
 
 
 def _networks(client: docker.DockerClient, stack: Stack, service: str) -> dict[str, list[str]]:
@@ -81,7 +81,8 @@ def test_reading_the_network_name_makes_it_and_puts_the_stack_on_it(
     redis = plain["redis"]
     # a container of the user's on that network reaches the service by its alias
     image = docker_api.containers.get(plain.runtime.container_name("redis")).image.id
-    out = docker_api.containers.run(
+    out = run_once(
+        docker_api,
         image,
         [
             "redis-cli",
@@ -95,7 +96,6 @@ def test_reading_the_network_name_makes_it_and_puts_the_stack_on_it(
         + ["PING"],
         entrypoint=[],
         network=network,
-        remove=True,
         labels={LABEL_SESSION: plain.session_id},
     )
     assert b"PONG" in out

@@ -19,7 +19,7 @@ from pytest_aikernel import (
 )
 from pytest_aikernel.runtime.docker import LABEL_OWNER, LABEL_SERVICE, LABEL_SESSION, Owner
 
-from .conftest import FOUNDATION, containers_of, read_kv
+from .conftest import FOUNDATION, containers_of, read_kv, run_once
 
 SCHEMAS = {
     "aikernel_catalog": ["catalog", "metadata", "lineage", "audit"],
@@ -198,11 +198,11 @@ def test_a_container_on_the_stack_network_reaches_services_by_alias(
 ) -> None:
     image = aikernel_stack.running("postgres").image
     network = aikernel_stack.runtime.network_name
-    output = docker_api.containers.run(
+    output = run_once(
+        docker_api,
         image,
         entrypoint=["psql", aikernel_postgres.internal_dsn(), "-tAc", "SELECT 'via-alias'"],
         network=network,
-        remove=True,
         user="postgres",
     )
     assert output.decode().strip() == "via-alias"
