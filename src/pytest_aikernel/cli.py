@@ -727,6 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="aikernel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    every = registry_mod.platform_names()
     up = sub.add_parser(
         "up",
         help="start (or reuse) a stack and print env exports for external mode",
@@ -737,9 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "services",
         nargs="*",
         metavar="SERVICE",
-        help=f"services to start (default: {', '.join(registry_mod.platform_names())}); "
-        "helpers only when named: "
-        + ", ".join(n for n in registry_mod.names() if n not in registry_mod.platform_names()),
+        help=f"services to start (default: {', '.join(every)}); helpers only when named: "
+        + ", ".join(n for n in registry_mod.names() if n not in every),
     )
     up.add_argument(
         "-c",

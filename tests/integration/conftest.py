@@ -95,14 +95,12 @@ _ANONYMOUS = "com.docker.volume.anonymous"
 _WINDOWS: list[list[Any]] = []
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)  # the old style: pytest 7.4 has no wrapper=True
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     window = [item.nodeid, time.time(), None]
     _WINDOWS.append(window)
-    try:
-        return (yield)
-    finally:
-        window[2] = time.time()
+    yield
+    window[2] = time.time()
 
 
 def dangling_anonymous(client: docker.DockerClient) -> dict[str, str]:
@@ -134,7 +132,7 @@ def no_volume_left_behind(docker_api: docker.DockerClient) -> Iterator[None]:
     """Fails the session when its containers left anonymous volumes (the images' ``VOLUME``
     paths) on the engine: every removal must take them along. Waits a little for removals
     that run in the background."""
-    before = set(dangling_anonymous(docker_api)) | {v.name for v in docker_api.volumes.list()}
+    before = {v.name for v in docker_api.volumes.list()}
     yield
     deadline = time.monotonic() + 30
     while True:

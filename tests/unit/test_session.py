@@ -100,6 +100,37 @@ def test_aikernel_command_help(command: list[str]) -> None:
         assert "--aikernel-image" in out and "--aikernel-postgres-init" in out
 
 
+@pytest.mark.parametrize(
+    ("args", "helper"), [([], False), (["toxiproxy"], True)], ids=["no names", "toxiproxy named"]
+)
+def test_aikernel_up_starts_the_thirteen_unless_a_helper_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    helper: bool,
+) -> None:
+    from pytest_aikernel import lease
+    from pytest_aikernel.cli import main
+    from pytest_aikernel.services import platform_names
+
+    asked: list[list[str]] = []
+
+    def refuse(settings: object, services: list[str], **_kw: object) -> None:
+        asked.append(list(services))
+        raise lease.StartFailed("not started (test)")
+
+    monkeypatch.setattr(lease, "open_stack", refuse)
+    monkeypatch.chdir(tmp_path)
+    assert main(["up", *args]) == 1
+    assert "not started (test)" in capsys.readouterr().err
+    if helper:
+        assert asked == [["toxiproxy"]]
+    else:
+        assert set(asked[0]) == set(platform_names())
+        assert "toxiproxy" not in asked[0]
+
+
 def test_aikernel_without_engine_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest_aikernel", "status"],
