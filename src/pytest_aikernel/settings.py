@@ -220,7 +220,14 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 #: the JVM start-up settings --aikernel-jvm-tuning can choose among (docs/services.md)
-JVM_KNOBS: tuple[str, ...] = ("cds", "c1", "no-ml", "unsigned-jars", "no-prealloc")
+JVM_KNOBS: tuple[str, ...] = (
+    "cds",
+    "c1",
+    "no-ml",
+    "unsigned-jars",
+    "no-prealloc",
+    "no-pretouch",
+)
 
 OPTIONS = (
     *OPTIONS,
@@ -316,8 +323,8 @@ OPTIONS = (
         "settings of docs/services.md: on (all of them), off (their images' own settings), or "
         "a comma-separated list of the ones to use, of cds (class-data sharing), c1 (the first "
         "JIT compiler only), no-ml (Elasticsearch without machine learning), unsigned-jars "
-        "(signed jars read as unsigned) and no-prealloc (Neo4j's transaction logs not filled "
-        "up front)",
+        "(signed jars read as unsigned), no-prealloc (Neo4j's transaction logs not filled "
+        "up front) and no-pretouch (the heap not touched up front)",
         default="on",
     ),
     Option(

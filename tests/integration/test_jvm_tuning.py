@@ -109,6 +109,17 @@ def test_the_containers_run_with_the_knobs_and_a_cache_volume(
         assert LABEL_SESSION not in labels  # it outlives the stack
 
 
+@pytest.mark.parametrize("service", ["elasticsearch", "neo4j"])
+def test_the_heap_is_not_touched_up_front(tuned_stack: Stack, service: str) -> None:
+    """no-pretouch: the image's own options ask for -XX:+AlwaysPreTouch; the JVM's command line
+    ends with -XX:-AlwaysPreTouch after it (the last of a flag wins)."""
+    path = archive(tuned_stack.settings, service)
+    script = find_jvm(path) + 'tr "\\0" "\\n" <"/proc/$pid/cmdline" | grep AlwaysPreTouch'
+    flags = tuned_stack.runtime.exec(service, ["sh", "-c", script], {})[1].split()
+    assert flags[0] == "-XX:+AlwaysPreTouch", flags  # what the image asks for
+    assert flags[-1] == "-XX:-AlwaysPreTouch", flags
+
+
 def test_elasticsearch_client_indexes_and_searches(tuned_stack: Stack) -> None:
     es = tuned_stack["elasticsearch"]
     if not es.is_elasticsearch:

@@ -148,6 +148,11 @@ def test_tuning_on_only_adds_to_the_documented_variables(service: str) -> None:
     assert on.volumes == {f"jvm-{service}": "/aikernel-jvm"}
     if service in ("elasticsearch", "neo4j"):
         assert "-XX:TieredStopAtLevel=1" in added
+        # the heap is not touched up front (their own options ask for it): last, so it wins
+        assert added[-1] == "-XX:-AlwaysPreTouch"
+    else:
+        assert not any("AlwaysPreTouch" in a for a in added)
+    assert "AlwaysPreTouch" not in on.env.get("CLI_JAVA_OPTS", "")
     files = dict(off.files)
     if service == "neo4j":
         # its signed jar is read as unsigned: a properties file of the JDK's, named by an option
@@ -365,7 +370,7 @@ def _resolve(value: str) -> Settings:
 @pytest.mark.parametrize(
     ("value", "knobs"),
     [
-        ("on", ("cds", "c1", "no-ml", "unsigned-jars", "no-prealloc")),
+        ("on", ("cds", "c1", "no-ml", "unsigned-jars", "no-prealloc", "no-pretouch")),
         ("off", ()),
         ("no-prealloc,unsigned-jars", ("unsigned-jars", "no-prealloc")),
         ("c1", ("c1",)),
@@ -385,7 +390,7 @@ def test_an_unknown_knob_names_the_setting_and_the_choices() -> None:
         _resolve("c1,c2")
     assert str(info.value) == (
         "env AIKERNEL_JVM_TUNING: expected on, off or a comma-separated list of cds, c1, no-ml, "
-        "unsigned-jars, no-prealloc; "
+        "unsigned-jars, no-prealloc, no-pretouch; "
         "got 'c1,c2' (c2 is not one of them)"
     )
 
@@ -403,6 +408,9 @@ def test_only_the_chosen_knobs_reach_the_spec() -> None:
     assert f"-XX:SharedArchiveFile={ARCHIVE['elasticsearch']}" in opts
     assert cds.env["xpack.ml.enabled"] == "false"
     assert cds.volumes
+    assert "-XX:-AlwaysPreTouch" not in opts  # no-pretouch not chosen
+    kept, _ = spec_of("elasticsearch", jvm_knobs=("no-pretouch",))
+    assert kept.env["ES_JAVA_OPTS"].split()[-1] == "-XX:-AlwaysPreTouch"
     # Neo4j has no machine learning: no-ml alone leaves it as with tuning off
     neo, ctx = spec_of("neo4j", jvm_knobs=("no-ml",))
     assert neo == old_spec("neo4j", ctx, neo)

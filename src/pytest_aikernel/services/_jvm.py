@@ -106,6 +106,11 @@ def cds(service: str, others: Mapping[str, str] | None = None, archive: str = ""
 #: only the first JIT compiler (C1): a start compiles far less; long-running code is slower
 C1 = Knob("c1", options=("-XX:TieredStopAtLevel=1",))
 
+#: the heap is not touched page by page at start (Elasticsearch's own options and Neo4j's
+#: neo4j.conf ask for -XX:+AlwaysPreTouch): its pages are taken as the JVM uses them, so a
+#: test server holds hundreds of MiB less, and the start zeroes no memory it never uses
+NO_PRETOUCH = Knob("no-pretouch", options=("-XX:-AlwaysPreTouch",))
+
 #: the security properties file of :data:`UNSIGNED_JARS` in the container
 JAR_SECURITY_FILE = "/tmp/aikernel-jvm.security"
 #: JDK 17's list, with the signature algorithms (RSA, DSA, EC) disabled whatever their key size

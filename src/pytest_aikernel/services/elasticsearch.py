@@ -233,6 +233,8 @@ ES_KNOBS: tuple[_jvm.Knob, ...] = (
     # machine learning starts a native controller process on the official image's node; the
     # stand-in has no ML module (the setting is known to it and does nothing)
     _jvm.Knob("no-ml", env={"xpack.ml.enabled": "false"}),
+    # the server only: the launcher's heap is 4-64 MiB and not touched up front
+    _jvm.NO_PRETOUCH,
 )
 
 

@@ -162,6 +162,7 @@ NEO4J_KNOBS: tuple[_jvm.Knob, ...] = (
     # its signature and digests, and no archive could hold its classes
     _jvm.UNSIGNED_JARS,
     NO_PREALLOC,
+    _jvm.NO_PRETOUCH,
 )
 
 
