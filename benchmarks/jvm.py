@@ -61,7 +61,6 @@ AS_OFFICIAL: dict[str, dict[str, str]] = {"neo4j": {"AIKERNEL_NEO4J_IMAGE_EXTRAS
 G1_OFF_SERIAL = ("-XX:-UseG1GC", "-XX:+UseSerialGC")
 #: measured, not kept (docs/services.md, "JVM start-up")
 NO_PERF_DATA = _jvm.Knob("no-perf-data", options=("-XX:-UsePerfData",))
-NO_PRETOUCH = _jvm.Knob("no-pretouch", options=("-XX:-AlwaysPreTouch",))
 KAFKA_SERIAL = "-server -XX:+UseSerialGC -Djava.awt.headless=true"
 
 
@@ -85,7 +84,7 @@ def candidates(service: str) -> list[_jvm.Knob]:
             _jvm.Knob("c1", options=_jvm.C1.options, more={cli: _jvm.C1.options}),
             dataclasses.replace(_jvm.C1, name="c1-server-only"),
             _jvm.Knob("serial-gc", options=G1_OFF_SERIAL),
-            NO_PRETOUCH,
+            _jvm.NO_PRETOUCH,
             _jvm.Knob("small-initial-heap", options=("-Xms64m",)),
             _jvm.Knob("xss-256k", options=("-Xss256k",)),
             NO_PERF_DATA,
@@ -97,7 +96,7 @@ def candidates(service: str) -> list[_jvm.Knob]:
             _jvm.UNSIGNED_JARS,
             NO_PREALLOC,
             _jvm.Knob("serial-gc", options=G1_OFF_SERIAL),
-            NO_PRETOUCH,
+            _jvm.NO_PRETOUCH,
             _jvm.Knob("small-initial-heap", options=("-Xms64m",)),
             NO_PERF_DATA,
         ]
