@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,10 +141,7 @@ def no_volume_left_behind(docker_api: docker.DockerClient) -> Iterator[None]:
         if not left or time.monotonic() > deadline:
             break
         time.sleep(1)
-    by_test: dict[str, int] = {}
-    for created in left.values():
-        test = _created_by(created)
-        by_test[test] = by_test.get(test, 0) + 1
+    by_test = Counter(_created_by(created) for created in left.values())
     if left:
         pytest.fail(
             f"{len(left)} anonymous volumes (of images' VOLUME paths) were left on the engine "
