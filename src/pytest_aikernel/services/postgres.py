@@ -758,8 +758,8 @@ class Postgres(Service):
     def snapshot_spec(self, spec: ContainerSpec, root: str) -> ContainerSpec:
         # the data directory stays on tmpfs (per-test clones are file copies: on the image's
         # layer they would be disk writes): the seeded files are copied from the image into it,
-        # then the official entrypoint runs, finds an initialised PGDATA and skips initdb. A
-        # failed copy leaves no PG_VERSION: the entrypoint then makes a new, unseeded cluster,
+        # then the official entrypoint runs, finds an initialised PGDATA and skips initdb. What
+        # a failed copy left is removed: the entrypoint then makes a new, unseeded cluster,
         # which the snapshot probe (the seeded templates are missing) does not accept. The init
         # scripts (spec.files) are not put in: an initialised PGDATA skips them, and their
         # effect (the replication line of pg_hba.conf) is in the snapshot's data already
